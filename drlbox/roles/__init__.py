@@ -1,0 +1,1 @@
+"""drlbox.roles."""

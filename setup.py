@@ -1,0 +1,27 @@
+"""Packaging for drlbox: deep reinforcement learning as a black box."""
+from setuptools import find_packages, setup
+
+setup(
+    name="drlbox",
+    version="0.1.0",
+    description="Deep reinforcement learning as a black box: A3C, ACER, IMPALA and DQN "
+                "as gRPC roles, on one machine or a cluster.",
+    python_requires=">=3.11",
+    packages=find_packages(include=["drlbox", "drlbox.*"]),
+    install_requires=[
+        "tensorflow>=2.16",
+        "keras>=3",
+        "gymnasium>=1.0",
+        "numpy>=1.26",
+        "grpcio>=1.60",
+        "grpcio-health-checking>=1.60",
+        "protobuf>=5",
+        "cloudpickle>=3",
+        "tqdm>=4.60",
+    ],
+    extras_require={
+        "atari": ["ale-py>=0.10", "opencv-python-headless>=4.8"],
+        "dev": ["pytest>=8", "pytest-timeout>=2", "grpcio-tools>=1.60"],
+    },
+    entry_points={"console_scripts": ["drlbox=drlbox.launch.cli:main"]},
+)
