@@ -15,13 +15,13 @@ setup(
         "numpy>=1.26",
         "grpcio>=1.60",
         "grpcio-health-checking>=1.60",
-        "protobuf>=5",
+        "protobuf>=7.35.1,<8",
         "cloudpickle>=3",
         "tqdm>=4.60",
     ],
     extras_require={
         "atari": ["ale-py>=0.10", "opencv-python-headless>=4.8"],
-        "dev": ["pytest>=8", "pytest-timeout>=2", "grpcio-tools>=1.60"],
+        "dev": ["pytest>=8", "pytest-timeout>=2", "grpcio-tools==1.85.1"],
     },
     entry_points={"console_scripts": ["drlbox=drlbox.launch.cli:main"]},
 )

@@ -1,0 +1,168 @@
+from drlbox.rpc.generated import tensor_pb2 as _tensor_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class JobRequest(_message.Message):
+    __slots__ = ("python_version",)
+    PYTHON_VERSION_FIELD_NUMBER: _ClassVar[int]
+    python_version: str
+    def __init__(self, python_version: _Optional[str] = ...) -> None: ...
+
+class JobChunk(_message.Message):
+    __slots__ = ("job_id", "config_json", "makers")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
+    MAKERS_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    config_json: str
+    makers: bytes
+    def __init__(self, job_id: _Optional[str] = ..., config_json: _Optional[str] = ..., makers: _Optional[bytes] = ...) -> None: ...
+
+class WeightsRequest(_message.Message):
+    __slots__ = ("job_id", "newer_than")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    NEWER_THAN_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    newer_than: int
+    def __init__(self, job_id: _Optional[str] = ..., newer_than: _Optional[int] = ...) -> None: ...
+
+class WeightsChunk(_message.Message):
+    __slots__ = ("version", "aux_version", "data")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    AUX_VERSION_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    aux_version: int
+    data: bytes
+    def __init__(self, version: _Optional[int] = ..., aux_version: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class WeightSet(_message.Message):
+    __slots__ = ("online", "aux")
+    ONLINE_FIELD_NUMBER: _ClassVar[int]
+    AUX_FIELD_NUMBER: _ClassVar[int]
+    online: _tensor_pb2.TensorList
+    aux: _tensor_pb2.TensorList
+    def __init__(self, online: _Optional[_Union[_tensor_pb2.TensorList, _Mapping]] = ..., aux: _Optional[_Union[_tensor_pb2.TensorList, _Mapping]] = ...) -> None: ...
+
+class WorkerReport(_message.Message):
+    __slots__ = ("worker", "env_steps", "episode_returns", "episode_lengths", "stats")
+    class StatsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    WORKER_FIELD_NUMBER: _ClassVar[int]
+    ENV_STEPS_FIELD_NUMBER: _ClassVar[int]
+    EPISODE_RETURNS_FIELD_NUMBER: _ClassVar[int]
+    EPISODE_LENGTHS_FIELD_NUMBER: _ClassVar[int]
+    STATS_FIELD_NUMBER: _ClassVar[int]
+    worker: int
+    env_steps: int
+    episode_returns: _containers.RepeatedScalarFieldContainer[float]
+    episode_lengths: _containers.RepeatedScalarFieldContainer[int]
+    stats: _containers.ScalarMap[str, float]
+    def __init__(self, worker: _Optional[int] = ..., env_steps: _Optional[int] = ..., episode_returns: _Optional[_Iterable[float]] = ..., episode_lengths: _Optional[_Iterable[int]] = ..., stats: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
+class GradientsChunk(_message.Message):
+    __slots__ = ("job_id", "base_version", "report", "data")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    BASE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    REPORT_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    base_version: int
+    report: WorkerReport
+    data: bytes
+    def __init__(self, job_id: _Optional[str] = ..., base_version: _Optional[int] = ..., report: _Optional[_Union[WorkerReport, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class PushReply(_message.Message):
+    __slots__ = ("version", "global_steps", "stop")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    GLOBAL_STEPS_FIELD_NUMBER: _ClassVar[int]
+    STOP_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    global_steps: int
+    stop: bool
+    def __init__(self, version: _Optional[int] = ..., global_steps: _Optional[int] = ..., stop: _Optional[bool] = ...) -> None: ...
+
+class EvaluationReport(_message.Message):
+    __slots__ = ("job_id", "global_steps", "returns")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    GLOBAL_STEPS_FIELD_NUMBER: _ClassVar[int]
+    RETURNS_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    global_steps: int
+    returns: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, job_id: _Optional[str] = ..., global_steps: _Optional[int] = ..., returns: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class StatusRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class StopRequest(_message.Message):
+    __slots__ = ("job_id", "reason")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    reason: str
+    def __init__(self, job_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class Evaluation(_message.Message):
+    __slots__ = ("global_steps", "mean_return", "episodes", "wall_seconds")
+    GLOBAL_STEPS_FIELD_NUMBER: _ClassVar[int]
+    MEAN_RETURN_FIELD_NUMBER: _ClassVar[int]
+    EPISODES_FIELD_NUMBER: _ClassVar[int]
+    WALL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    global_steps: int
+    mean_return: float
+    episodes: int
+    wall_seconds: float
+    def __init__(self, global_steps: _Optional[int] = ..., mean_return: _Optional[float] = ..., episodes: _Optional[int] = ..., wall_seconds: _Optional[float] = ...) -> None: ...
+
+class JobStatus(_message.Message):
+    __slots__ = ("job_id", "state", "message", "global_steps", "train_steps", "updates", "version", "episodes", "recent_return", "steps_per_sec", "wall_seconds", "evaluations", "checkpoints", "stats")
+    class StatsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    GLOBAL_STEPS_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_STEPS_FIELD_NUMBER: _ClassVar[int]
+    UPDATES_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    EPISODES_FIELD_NUMBER: _ClassVar[int]
+    RECENT_RETURN_FIELD_NUMBER: _ClassVar[int]
+    STEPS_PER_SEC_FIELD_NUMBER: _ClassVar[int]
+    WALL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    EVALUATIONS_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINTS_FIELD_NUMBER: _ClassVar[int]
+    STATS_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    state: str
+    message: str
+    global_steps: int
+    train_steps: int
+    updates: int
+    version: int
+    episodes: int
+    recent_return: float
+    steps_per_sec: float
+    wall_seconds: float
+    evaluations: _containers.RepeatedCompositeFieldContainer[Evaluation]
+    checkpoints: _containers.RepeatedScalarFieldContainer[str]
+    stats: _containers.ScalarMap[str, float]
+    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[str] = ..., message: _Optional[str] = ..., global_steps: _Optional[int] = ..., train_steps: _Optional[int] = ..., updates: _Optional[int] = ..., version: _Optional[int] = ..., episodes: _Optional[int] = ..., recent_return: _Optional[float] = ..., steps_per_sec: _Optional[float] = ..., wall_seconds: _Optional[float] = ..., evaluations: _Optional[_Iterable[_Union[Evaluation, _Mapping]]] = ..., checkpoints: _Optional[_Iterable[str]] = ..., stats: _Optional[_Mapping[str, float]] = ...) -> None: ...
