@@ -1,4 +1,5 @@
-"""drlbox.layers: Keras layers used by drlbox models (NoisyNet dense layers)."""
+"""drlbox.layers: Keras layers used by drlbox models (NoisyNet dense layers, dueling head)."""
+from drlbox.layers.dueling import DuelingCombine
 from drlbox.layers.noisy import (
     NoisyDense,
     noise_variable_ids,
@@ -8,6 +9,7 @@ from drlbox.layers.noisy import (
 )
 
 __all__ = [
+    "DuelingCombine",
     "NoisyDense",
     "noise_variable_ids",
     "noisy_layers",

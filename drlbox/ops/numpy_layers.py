@@ -10,6 +10,8 @@ from numpy.lib.stride_tricks import as_strided
 # An activation kernel: (x, inplace) -> y.  ``inplace`` may only be True when the
 # caller owns ``x`` (a fresh matmul result), never for a slot another step reads.
 ActFn = Callable[[np.ndarray, bool], np.ndarray]
+# A merge kernel (Add, Concatenate, ...): list of inputs -> y.
+Merge = Callable[[list[np.ndarray]], np.ndarray]
 
 _F32 = np.float32
 _SELU_ALPHA = _F32(1.6732632423543772848170429916717)
@@ -242,6 +244,8 @@ def make_activation(act: ActFn) -> Callable[[np.ndarray], np.ndarray]:
 def make_rescaling(scale: Any, offset: Any) -> Callable[[np.ndarray], np.ndarray]:
     """x * scale + offset in float32, as keras Rescaling casts both to float32."""
     s, o = np.asarray(scale, dtype=_F32), np.asarray(offset, dtype=_F32)
+    if not o.any():  # adding 0 changes no value, only costs a pass over the image
+        return lambda x: x * s
 
     def rescale(x: np.ndarray) -> np.ndarray:
         y = x * s
@@ -262,12 +266,12 @@ def make_reshape(target: Sequence[int]) -> Callable[[np.ndarray], np.ndarray]:
     return lambda x: x.reshape((x.shape[0],) + tgt)
 
 
-def make_concat(axis: int) -> Callable[[list[np.ndarray]], np.ndarray]:
+def make_concat(axis: int) -> Merge:
     """Keras Concatenate along ``axis``."""
     return lambda xs: np.concatenate(xs, axis=axis)
 
 
-def _fold(op: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> Callable[[list[np.ndarray]], np.ndarray]:
+def _fold(op: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> Merge:
     def merge(xs: list[np.ndarray]) -> np.ndarray:
         y = xs[0]
         for x in xs[1:]:
@@ -282,11 +286,19 @@ def _average(xs: list[np.ndarray]) -> np.ndarray:
     return y
 
 
-MERGES: dict[str, Callable[[list[np.ndarray]], np.ndarray]] = {
-    "Add": _fold(np.add),
-    "Subtract": lambda xs: np.subtract(xs[0], xs[1]),
-    "Multiply": _fold(np.multiply),
-    "Average": _average,
-    "Maximum": _fold(np.maximum),
-    "Minimum": _fold(np.minimum),
+_L = keras.layers
+# Merge layer class -> kernel; the caller guarantees >= 2 same-rank inputs.
+MERGES: dict[type, Merge] = {
+    _L.Add: _fold(np.add),
+    _L.Subtract: lambda xs: np.subtract(xs[0], xs[1]),
+    _L.Multiply: _fold(np.multiply),
+    _L.Average: _average,
+    _L.Maximum: _fold(np.maximum),
+    _L.Minimum: _fold(np.minimum),
 }
+
+# Layers that are the identity at inference (training=False): no step at all.
+IDENTITY_LAYERS: tuple[type, ...] = tuple(getattr(_L, n) for n in (
+    "Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D",
+    "GaussianNoise", "GaussianDropout", "AlphaDropout", "ActivityRegularization",
+) if hasattr(_L, n))

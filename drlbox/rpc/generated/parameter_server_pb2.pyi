@@ -24,12 +24,14 @@ class JobChunk(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., config_json: _Optional[str] = ..., makers: _Optional[bytes] = ...) -> None: ...
 
 class WeightsRequest(_message.Message):
-    __slots__ = ("job_id", "newer_than")
+    __slots__ = ("job_id", "newer_than", "aux_newer_than")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     NEWER_THAN_FIELD_NUMBER: _ClassVar[int]
+    AUX_NEWER_THAN_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     newer_than: int
-    def __init__(self, job_id: _Optional[str] = ..., newer_than: _Optional[int] = ...) -> None: ...
+    aux_newer_than: int
+    def __init__(self, job_id: _Optional[str] = ..., newer_than: _Optional[int] = ..., aux_newer_than: _Optional[int] = ...) -> None: ...
 
 class WeightsChunk(_message.Message):
     __slots__ = ("version", "aux_version", "data")

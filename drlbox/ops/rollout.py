@@ -1,0 +1,63 @@
+"""Rollout lists and the padded, time-major batch the losses consume.
+
+A rollout list is a contiguous piece of one episode, at most `rollout_maxlen` steps:
+``obs`` [n+1, ...] (the last one is the bootstrap observation: for a truncated episode its final
+observation), ``actions`` [n] or [n, D], ``rewards`` [n], ``behaviour`` [n, K] (the behaviour
+policy's logits or Gaussian parameters) and ``terminated`` [1] (1 when the episode ended by
+termination after the last step, so nothing is bootstrapped).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+RolloutList = dict  # name -> np.ndarray, as described above
+
+
+def make_list(obs: Sequence[np.ndarray], actions: Sequence, rewards: Sequence[float],
+              behaviour: Sequence[np.ndarray], terminated: bool, behaviour_size: int) -> RolloutList:
+    """Assemble a rollout list from per-step records."""
+    n = len(rewards)
+    return {
+        "obs": np.stack(obs),
+        "actions": np.asarray(actions),
+        "rewards": np.asarray(rewards, np.float32),
+        "behaviour": (np.stack(behaviour).astype(np.float32, copy=False) if n and behaviour_size
+                      else np.zeros((n, behaviour_size), np.float32)),
+        "terminated": np.array([terminated], np.uint8),
+    }
+
+
+def pack_lists(lists: Sequence[RolloutList], discount: float,
+               weights: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Pad rollout lists into time-major arrays [T(+1), L, ...] with masks and trace cuts.
+
+    ``discount`` [T, L] is gamma, except 0 after a terminating last step and in padding;
+    ``lambda`` [T, L] is 1 where the list goes on and 0 at its last step; ``mask`` marks valid
+    steps; ``weights`` [L] are replay importance weights (ones by default).
+    """
+    lengths = np.array([len(r["rewards"]) for r in lists])
+    steps, count = int(lengths.max()), len(lists)
+    first = lists[0]
+    obs = np.empty((steps + 1, count) + first["obs"].shape[1:], np.float32)
+    actions = np.zeros((steps, count) + first["actions"].shape[1:], first["actions"].dtype)
+    rewards = np.zeros((steps, count), np.float32)
+    behaviour = np.zeros((steps, count, first["behaviour"].shape[-1]), np.float32)
+    time = np.arange(steps)[:, None]
+    mask = (time < lengths[None, :]).astype(np.float32)
+    terminated = np.array([bool(r["terminated"][0]) for r in lists])
+    last = time == (lengths - 1)[None, :]
+    discount_t = np.where(last & terminated[None, :], 0.0, discount) * mask
+    lambda_t = mask * (1.0 - last)
+    for i, (r, n) in enumerate(zip(lists, lengths)):
+        obs[:n + 1, i] = r["obs"]
+        obs[n + 1:, i] = r["obs"][-1]      # padding: any valid input, never used by the loss
+        actions[:n, i] = r["actions"]
+        rewards[:n, i] = r["rewards"]
+        behaviour[:n, i] = r["behaviour"]
+    return {"obs": obs, "actions": actions, "rewards": rewards, "behaviour": behaviour,
+            "mask": mask, "discount": discount_t.astype(np.float32),
+            "lambda": lambda_t.astype(np.float32),
+            "weights": (np.ones(count, np.float32) if weights is None
+                        else np.asarray(weights, np.float32))}

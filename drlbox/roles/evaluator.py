@@ -1,0 +1,100 @@
+"""The evaluator role: run episodes with an evaluation policy, standalone or following training."""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from drlbox.envs import env_action, is_continuous
+from drlbox.ops.distributions import Categorical, DiagGaussian
+from drlbox.roles.interfaces import ParameterPeer
+
+log = logging.getLogger(__name__)
+Policy = Callable[[list, np.random.Generator], np.ndarray]
+
+
+def evaluation_policy(algorithm: str, action_space: Any, policy_type: str,
+                      policy_eps: float) -> Policy:
+    """outputs -> actions for a batch of one or more observations.
+
+    Actor-critic models act on their policy head: 'stochastic' samples it, 'greedy' takes its
+    mode. DQN acts on its Q-values: 'greedy' takes the best action, 'stochastic' samples a
+    softmax over them. With probability `policy_eps` a greedy policy acts uniformly at random.
+    """
+    dist = DiagGaussian if is_continuous(action_space) else Categorical
+
+    def policy(outputs: list, rng: np.random.Generator) -> np.ndarray:
+        head = outputs[0]
+        if policy_type == "stochastic":
+            return dist.sample_np(head, rng)
+        actions = dist.mode_np(head)
+        if policy_eps > 0 and rng.random() < policy_eps:
+            return np.stack([action_space.sample() for _ in range(len(head))])
+        return actions
+
+    del algorithm  # the head's meaning is the same for every algorithm's first output
+    return policy
+
+
+def run_episodes(env: Any, predict: Callable, policy: Policy, num_episodes: int,
+                 state_to_input: Callable, rng: np.random.Generator,
+                 render_timestep: float | None = None, render_end: bool = False,
+                 on_episode: Callable[[int, float, int], None] | None = None) -> list[float]:
+    """Play `num_episodes` episodes and return their undiscounted returns."""
+    returns = []
+    for episode in range(num_episodes):
+        obs, _ = env.reset(seed=int(rng.integers(2**31)))
+        total, length, over = 0.0, 0, False
+        while not over:
+            x = np.asarray(state_to_input(obs), np.float32)[np.newaxis]
+            action = policy(predict(x), rng)[0]
+            obs, reward, terminated, truncated, _ = env.step(env_action(env.action_space, action))
+            total += float(reward)
+            length += 1
+            over = terminated or truncated
+            if render_timestep is not None:
+                env.render()
+                time.sleep(render_timestep)
+        if render_end:
+            env.render()
+        returns.append(total)
+        if on_episode:
+            on_episode(episode, total, length)
+    return returns
+
+
+class FollowingEvaluator:
+    """Evaluate the newest weights every `eval_interval` global steps and report the returns."""
+
+    def __init__(self, params: ParameterPeer, env: Any, predict: Any, assign: Callable,
+                 policy: Policy, config: Any, seed: int | None, poll_seconds: float = 0.2):
+        self.params, self.env, self.predict, self.assign = params, env, predict, assign
+        self.policy, self.config, self.poll = policy, config, poll_seconds
+        self.rng = np.random.default_rng(seed)
+        self.to_input = config.state_to_input or (lambda obs: obs)
+        self.next_eval = config.eval_interval
+        self.evaluations = 0
+
+    def run(self) -> int:
+        """Evaluate until the job ends; returns the number of evaluations made."""
+        while True:
+            status = self.params.status()
+            if not status.running:
+                return self.evaluations
+            if status.global_steps < self.next_eval:
+                time.sleep(self.poll)
+                continue
+            update = self.params.get_weights(-1)
+            steps = status.global_steps
+            self.assign(update.weights)
+            self.predict.refresh()
+            returns = run_episodes(self.env, self.predict, self.policy,
+                                   self.config.eval_episodes, self.to_input, self.rng)
+            self.evaluations += 1
+            log.info("evaluation at %d steps: mean return %.1f", steps, np.mean(returns))
+            interval = self.config.eval_interval
+            self.next_eval = (steps // interval + 1) * interval
+            if self.params.report_evaluation(steps, returns).stop:
+                return self.evaluations

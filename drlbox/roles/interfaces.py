@@ -1,0 +1,108 @@
+"""The small interfaces roles use to reach their peers, in-process or over gRPC alike."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NamedTuple, Protocol, Sequence
+
+import numpy as np
+
+
+class WeightsUpdate(NamedTuple):
+    """Weights newer than the caller's: the online set, and the aux set when it changed too."""
+
+    version: int
+    weights: list
+    aux_version: int
+    aux: list | None
+
+
+class PushResult(NamedTuple):
+    """The parameter server's answer to a push: its version, global steps, and stop or not."""
+
+    version: int
+    global_steps: int
+    stop: bool
+
+
+@dataclass
+class WorkerReport:
+    """What a worker tells the parameter server alongside its gradients."""
+
+    worker: int = 0
+    env_steps: int = 0
+    episode_returns: list = field(default_factory=list)
+    episode_lengths: list = field(default_factory=list)
+    stats: dict = field(default_factory=dict)
+
+
+@dataclass
+class Evaluation:
+    """Mean return of evaluation episodes at some global step."""
+
+    global_steps: int
+    mean_return: float
+    episodes: int
+    wall_seconds: float
+
+
+@dataclass
+class JobStatus:
+    """Progress of a job as the parameter server sees it."""
+
+    job_id: str
+    state: str
+    message: str = ""
+    global_steps: int = 0
+    train_steps: int = 0
+    updates: int = 0
+    version: int = 0
+    episodes: int = 0
+    recent_return: float = float("nan")
+    steps_per_sec: float = 0.0
+    wall_seconds: float = 0.0
+    evaluations: list = field(default_factory=list)
+    checkpoints: list = field(default_factory=list)
+    stats: dict = field(default_factory=dict)
+
+    @property
+    def running(self) -> bool:
+        """True until the job is done or stopped."""
+        return self.state == "running"
+
+
+class ReplaySample(NamedTuple):
+    """Rollout lists drawn from replay, their keys and importance weights."""
+
+    lists: list
+    keys: np.ndarray
+    weights: np.ndarray
+
+
+class ParameterPeer(Protocol):
+    """The parameter server as a rollout worker or evaluator sees it."""
+
+    def get_weights(self, newer_than: int, aux_newer_than: int = -1) -> WeightsUpdate | None:
+        """Weights if the server's version is newer than `newer_than`, else None."""
+
+    def push(self, gradients: Sequence[np.ndarray] | None, base_version: int,
+             report: WorkerReport) -> PushResult:
+        """Apply gradients (None: only report progress)."""
+
+    def report_evaluation(self, global_steps: int, returns: Sequence[float]) -> PushResult:
+        """Record evaluation returns measured on weights of `global_steps`."""
+
+    def status(self) -> JobStatus:
+        """The job's progress."""
+
+
+class ReplayPeer(Protocol):
+    """The replay server as a rollout worker sees it."""
+
+    def insert(self, lists: Sequence[dict]) -> None:
+        """Add rollout lists."""
+
+    def sample(self, batch_size: int) -> ReplaySample | None:
+        """A batch of lists, or None while the memory holds fewer than minlen."""
+
+    def update_priorities(self, keys: np.ndarray, priorities: np.ndarray) -> None:
+        """New priorities for sampled lists (prioritized replay)."""

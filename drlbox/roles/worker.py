@@ -1,0 +1,145 @@
+"""The rollout worker role: pull weights when they changed, collect, compute gradients, push.
+
+One loop serves all four algorithms. Each batch of `batch_size` rollout lists is learned from
+online (when `online_learning`), inserted into replay (when a replay peer is given), and followed
+by Poisson(`replay_ratio`) replayed batches. The worker steps `batch_size` env copies in lockstep
+so one inference call serves them all.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from drlbox.algorithms import make_algorithm, make_model
+from drlbox.envs import make_env
+from drlbox.layers.noisy import noisy_layers, resample_noise, synced_weights
+from drlbox.ops.fast_forward import make_predict_fn
+from drlbox.ops.rollout import pack_lists
+from drlbox.roles.collector import Collector
+from drlbox.roles.interfaces import ParameterPeer, PushResult, ReplayPeer, WorkerReport
+
+log = logging.getLogger(__name__)
+
+
+def _identity(obs: Any) -> Any:
+    return obs
+
+
+def assign_weights(variables: list, arrays: list) -> None:
+    """Copy arrays into variables (same order, as from `synced_weights`)."""
+    for var, value in zip(variables, arrays):
+        var.assign(value)
+
+
+class GradientStep:
+    """Compiled loss-and-gradient of the algorithm on a packed batch."""
+
+    def __init__(self, algorithm: Any, model: keras.Model, aux_model: keras.Model | None):
+        self.algorithm, self.model, self.aux_model = algorithm, model, aux_model
+        self.variables = list(model.trainable_variables)
+        self._step = tf.function(self._compute, reduce_retracing=True)
+
+    def _compute(self, batch: dict):
+        with tf.GradientTape() as tape:
+            out = self.algorithm.loss(self.model, self.aux_model, batch)
+        grads = tape.gradient(out.loss, self.variables)
+        grads = [tf.zeros_like(v) if g is None else g for g, v in zip(grads, self.variables)]
+        return grads, out.stats, out.priorities
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> tuple[list, dict, np.ndarray]:
+        grads, stats, priorities = self._step(batch)
+        return ([g.numpy() for g in grads], {k: float(v) for k, v in stats.items()},
+                priorities.numpy())
+
+
+class RolloutWorker:
+    """One rollout worker; peers are passed in, so it runs with or without the network."""
+
+    def __init__(self, config: Any, params: ParameterPeer, replay: ReplayPeer | None = None,
+                 index: int = 0, seed: int | None = None):
+        self.config, self.params, self.replay, self.index = config, params, replay, index
+        self.rng = np.random.default_rng(seed)
+        envs = [make_env(config.env_maker) for _ in range(config.batch_size)]
+        self.algorithm = make_algorithm(config, envs[0].action_space)
+        self.model = make_model(config, envs[0], self.algorithm)
+        self.aux_model = None
+        if self.algorithm.aux_kind:
+            self.aux_model = keras.models.clone_model(self.model)
+        self.synced = synced_weights(self.model)
+        self.aux_synced = synced_weights(self.aux_model) if self.aux_model else []
+        self.noisy = bool(noisy_layers(self.model))
+        self.predict = make_predict_fn(self.model)
+        self.collector = Collector(
+            envs, config.state_to_input or _identity, self.predict,
+            lambda outputs, steps: self.algorithm.act(outputs, self.rng, steps),
+            config.rollout_maxlen, self.algorithm.behaviour_size, seed)
+        self.gradient_step = GradientStep(self.algorithm, self.model, self.aux_model)
+        self.version = self.aux_version = -1
+        self.total_steps = 0
+        self.pushes = 0
+        self._stats: dict = {}
+
+    def sync(self) -> None:
+        """Pull weights if the server has newer ones; NoisyNet draws fresh noise at each sync."""
+        update = self.params.get_weights(self.version, self.aux_version)
+        if update is None:
+            return
+        assign_weights(self.synced, update.weights)
+        self.version = update.version
+        if update.aux is not None:
+            assign_weights(self.aux_synced, update.aux)
+            self.aux_version = update.aux_version
+        if self.noisy:
+            resample_noise(self.model)
+        self.predict.refresh()
+
+    def _report(self) -> WorkerReport:
+        returns, lengths, steps = self.collector.take_episode_stats()
+        self.total_steps += steps
+        return WorkerReport(self.index, steps, returns, lengths, self._stats)
+
+    def _learn(self, lists: list, weights: np.ndarray | None = None) -> tuple[PushResult, np.ndarray]:
+        self.sync()
+        batch = pack_lists(lists, self.config.discount, weights)
+        grads, self._stats, priorities = self.gradient_step(batch)
+        result = self.params.push(grads, self.version, self._report())
+        self.pushes += 1
+        return result, priorities
+
+    def run_once(self) -> PushResult:
+        """Collect one batch and learn from it (online and/or replayed); returns the last reply."""
+        self.sync()
+        lists = self.collector.collect(self.config.batch_size, self.total_steps)
+        result = None
+        if self.config.online_learning:
+            result, _ = self._learn(lists)
+        if self.replay is not None and not (result and result.stop):
+            result = self._replay(lists) or result
+        if result is None:              # nothing learned yet: still report the env steps
+            result = self.params.push(None, self.version, self._report())
+        return result
+
+    def _replay(self, lists: list) -> PushResult | None:
+        self.replay.insert(lists)
+        result = None
+        for _ in range(self.rng.poisson(self.config.replay_ratio)):
+            sample = self.replay.sample(self.config.batch_size)
+            if sample is None:
+                break
+            result, priorities = self._learn(sample.lists, sample.weights)
+            self.replay.update_priorities(sample.keys, priorities)
+            if result.stop:
+                break
+        return result
+
+    def run(self) -> int:
+        """Work until the parameter server says stop; returns this worker's env steps."""
+        while not self.run_once().stop:
+            pass
+        log.info("worker %d done after %d env steps, %d pushes", self.index, self.total_steps,
+                 self.pushes)
+        return self.total_steps

@@ -1,0 +1,119 @@
+"""One way to make a gRPC server and a channel: limits, protocol check, health, shutdown."""
+from __future__ import annotations
+
+import json
+from concurrent import futures
+from typing import Callable, Iterable
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+PROTOCOL_VERSION = "1"
+PROTOCOL_KEY = "drlbox-protocol"
+# Payloads travel in 1 MiB chunks; the limit only guards against abuse.
+MAX_MESSAGE_BYTES = 16 << 20
+_OPTIONS = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.so_reuseport", 0)]
+# Calls wait for a server that is still starting, and retry while it is briefly unavailable.
+_SERVICE_CONFIG = json.dumps({"methodConfig": [{
+    "name": [{}],
+    "waitForReady": True,
+    "retryPolicy": {"maxAttempts": 5, "initialBackoff": "0.2s", "maxBackoff": "2s",
+                    "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]},
+}]})
+
+
+class PortInUseError(OSError):
+    """A role could not bind its port."""
+
+
+class _ProtocolInterceptor(grpc.ServerInterceptor):
+    """Refuse calls from peers that speak another drlbox protocol version, before any work."""
+
+    def intercept_service(self, continuation, handler_call_details):
+        if handler_call_details.method.startswith("/grpc.health."):
+            return continuation(handler_call_details)
+        version = dict(handler_call_details.invocation_metadata or ()).get(PROTOCOL_KEY)
+        if version == PROTOCOL_VERSION:
+            return continuation(handler_call_details)
+        message = (f"this server speaks drlbox protocol {PROTOCOL_VERSION}, the caller "
+                   f"{'sent none' if version is None else 'speaks ' + repr(version)}; "
+                   f"run the same drlbox version on both sides")
+        return _refuse(grpc.StatusCode.FAILED_PRECONDITION, message)
+
+
+def _refuse(code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
+    def abort(request_or_iterator, context):
+        context.abort(code, message)
+    # Any handler kind aborts the same way; stream-unary also accepts unary requests' callers.
+    return grpc.unary_unary_rpc_method_handler(abort)
+
+
+def make_server(port: int, add_servicers: Iterable[Callable[[grpc.Server], None]],
+                host: str = "127.0.0.1", max_workers: int = 8) -> tuple[grpc.Server, int]:
+    """Start a server with our limits, protocol check and the standard health service.
+
+    Returns (server, port); port 0 picks a free one. Raises PortInUseError naming the address
+    when the port cannot be bound.
+    """
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers),
+                         options=_OPTIONS, interceptors=[_ProtocolInterceptor()])
+    for add in add_servicers:
+        add(server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    address = f"{host}:{port}"
+    try:
+        bound = server.add_insecure_port(address)
+    except RuntimeError as err:
+        raise PortInUseError(f"cannot listen on {address}: {err}; is the port taken? "
+                             f"choose another port_begin") from err
+    if bound == 0:
+        raise PortInUseError(f"cannot listen on {address}; is the port taken? "
+                             f"choose another port_begin")
+    server.start()
+    health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    return server, bound
+
+
+class _ProtocolClientInterceptor(grpc.UnaryUnaryClientInterceptor,
+                                 grpc.UnaryStreamClientInterceptor,
+                                 grpc.StreamUnaryClientInterceptor,
+                                 grpc.StreamStreamClientInterceptor):
+    """Attach the protocol version to every call."""
+
+    def _with_metadata(self, details):
+        metadata = list(details.metadata or ()) + [(PROTOCOL_KEY, PROTOCOL_VERSION)]
+        return details._replace(metadata=metadata)
+
+    def intercept_unary_unary(self, continuation, details, request):
+        return continuation(self._with_metadata(details), request)
+
+    def intercept_unary_stream(self, continuation, details, request):
+        return continuation(self._with_metadata(details), request)
+
+    def intercept_stream_unary(self, continuation, details, request_iterator):
+        return continuation(self._with_metadata(details), request_iterator)
+
+    def intercept_stream_stream(self, continuation, details, request_iterator):
+        return continuation(self._with_metadata(details), request_iterator)
+
+
+def make_channel(address: str) -> grpc.Channel:
+    """A channel to a drlbox role, with our limits, retries and protocol metadata."""
+    channel = grpc.insecure_channel(address, options=_OPTIONS + [
+        ("grpc.service_config", _SERVICE_CONFIG), ("grpc.enable_retries", 1)])
+    return grpc.intercept_channel(channel, _ProtocolClientInterceptor())
+
+
+def wait_healthy(address: str, timeout: float) -> bool:
+    """True once the role at address reports SERVING, False after timeout seconds."""
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=timeout,
+                               wait_for_ready=True)
+        except grpc.RpcError:
+            return False
+        return reply.status == health_pb2.HealthCheckResponse.SERVING
