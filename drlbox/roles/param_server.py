@@ -58,7 +58,7 @@ class ParameterServer:
         self._checkpoints: list[str] = []
         self._stats: dict = {}
         self._start = time.monotonic()
-        self._rate_mark = (self._start, 0)
+        self._rate_mark: tuple | None = None      # (time, steps); starts at the first report
         self._steps_per_sec = 0.0
         self._next_save = config.save_interval
         self._scalars = ScalarLog(config.save_dir)
@@ -134,8 +134,10 @@ class ParameterServer:
             self._recent_returns.append(float(ret))
             self._scalars.write(self.global_steps, {"episode_return": ret})
         now = time.monotonic()
+        if self._rate_mark is None:
+            self._rate_mark = (now, self.global_steps)
         mark_time, mark_steps = self._rate_mark
-        if now - mark_time >= 2.0:
+        if now - mark_time >= 1.0:
             self._steps_per_sec = (self.global_steps - mark_steps) / (now - mark_time)
             self._rate_mark = (now, self.global_steps)
             scalars["steps_per_sec"] = self._steps_per_sec

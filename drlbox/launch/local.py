@@ -1,0 +1,188 @@
+"""Run a training job on this machine: every role a spawned process, gRPC over 127.0.0.1.
+
+Ports: the parameter server on `port_begin`, replay on +1, the evaluator on +2, worker i on
++3+i. The launcher watches the job, shows progress, reports workers that die (training goes on
+with the others) and stops every process on the way out, whatever happened.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from drlbox.jobs import Job
+from drlbox.launch import processes
+from drlbox.launch.progress import Progress
+from drlbox.rpc.server import PortInUseError, wait_healthy
+
+HOST = "127.0.0.1"
+START_TIMEOUT = 180.0
+
+
+@dataclass
+class TrainResult:
+    """How a training run ended."""
+
+    job_id: str
+    state: str
+    message: str
+    global_steps: int
+    updates: int
+    episodes: int
+    recent_return: float
+    wall_seconds: float
+    evaluations: list = field(default_factory=list)
+    checkpoints: list = field(default_factory=list)
+    failed_workers: list = field(default_factory=list)
+
+
+def check_ports_free(ports: dict[str, int]) -> None:
+    """Raise PortInUseError naming the role and port when one cannot be bound."""
+    for role, port in ports.items():
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((HOST, port))
+            except OSError as err:
+                raise PortInUseError(
+                    f"port {port} for the {role} is taken ({err.strerror}); pass another "
+                    f"port_begin (this run needs ports {min(ports.values())}-"
+                    f"{max(ports.values())})") from None
+
+
+def plan_ports(config: Any) -> dict[str, int]:
+    """role name -> port for this run."""
+    base = config.port_begin
+    ports = {"parameter server": base}
+    if config.uses_replay:
+        ports["replay server"] = base + 1
+    if config.eval_interval:
+        ports["evaluator"] = base + 2
+    for i in range(config.num_parallel):
+        ports[f"worker {i}"] = base + 3 + i
+    return ports
+
+
+class LocalRun:
+    """One local training run; `run()` blocks until it ends and returns a TrainResult."""
+
+    def __init__(self, config: Any):
+        self.config = config
+        self.job = Job.new(config)
+        self.ctx = multiprocessing.get_context("spawn")
+        self.procs: dict[str, multiprocessing.Process] = {}
+        self._interrupted = False
+
+    def _spawn(self, name: str, target: Any, *args: Any) -> None:
+        proc = self.ctx.Process(target=target, args=args, name=name, daemon=True)
+        proc.start()
+        self.procs[name] = proc
+
+    def _start_roles(self, ports: dict[str, int]) -> str:
+        cfg, verbose = self.config, self.config.verbose
+        ps_address = f"{HOST}:{ports['parameter server']}"
+        self._spawn("parameter-server", processes.run_parameter_server, self.job.job_id,
+                    self.job.encode(), ports["parameter server"], verbose)
+        self._wait_started("parameter-server", ps_address)
+        replay_address = None
+        if cfg.uses_replay:
+            replay_address = f"{HOST}:{ports['replay server']}"
+            self._spawn("replay-server", processes.run_replay, self.job.job_id, cfg.replay_type,
+                        cfg.merged_replay_kwargs, ports["replay server"], cfg.seed, verbose)
+            self._wait_started("replay-server", replay_address)
+        for i in range(cfg.num_parallel):
+            self._spawn(f"worker-{i}", processes.run_worker, ps_address, replay_address, i,
+                        ports[f"worker {i}"], verbose)
+        if cfg.eval_interval:
+            self._spawn("evaluator", processes.run_evaluator, ps_address, ports["evaluator"],
+                        verbose)
+        return ps_address
+
+    def _wait_started(self, name: str, address: str) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if not self.procs[name].is_alive():
+                raise RuntimeError(f"the {name} exited during start-up (exit code "
+                                   f"{self.procs[name].exitcode}); its error is printed above")
+            if wait_healthy(address, timeout=1.0):
+                return
+        raise RuntimeError(f"the {name} did not start within {START_TIMEOUT:.0f} s")
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        self._interrupted = True
+
+    def run(self) -> TrainResult:
+        """Start the roles, follow the job to its end, stop everything."""
+        ports = plan_ports(self.config)
+        check_ports_free(ports)
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")   # inherited by the role processes
+        previous = {}
+        if self.config.catch_signal:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                previous[sig] = signal.signal(sig, self._on_signal)
+        try:
+            ps_address = self._start_roles(ports)
+            return self._follow(ps_address)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            self._shutdown()
+
+    def _follow(self, ps_address: str) -> TrainResult:
+        from drlbox.rpc.parameter_server import ParameterClient
+
+        client = ParameterClient(ps_address, self.job.job_id, timeout=30.0)
+        progress = Progress(self.config.verbose, self.config.train_steps,
+                            f"{self.config.algorithm} x{self.config.num_parallel}")
+        failed: list[str] = []
+        try:
+            while True:
+                status = client.status()
+                progress.update(status)
+                if not status.running:
+                    break
+                if self._interrupted:
+                    client.stop("interrupted by a signal")
+                    continue
+                self._check_workers(failed, progress, client)
+                time.sleep(0.25)
+            self._join_workers(timeout=60.0)
+            status = client.status()
+        finally:
+            progress.close()
+            client.close()
+        return TrainResult(status.job_id, status.state, status.message, status.global_steps,
+                           status.updates, status.episodes, status.recent_return,
+                           status.wall_seconds, status.evaluations, status.checkpoints, failed)
+
+    def _check_workers(self, failed: list, progress: Progress, client: Any) -> None:
+        workers = {n: p for n, p in self.procs.items() if n.startswith("worker-")}
+        for name, proc in workers.items():
+            if name not in failed and proc.exitcode not in (None, 0):
+                failed.append(name)
+                alive = sum(p.is_alive() for p in workers.values())
+                progress.write(f"drlbox: {name} died (exit code {proc.exitcode}); training "
+                               f"goes on with {alive} worker(s)")
+        if len(failed) == len(workers):
+            client.stop(f"all {len(workers)} workers died")
+
+    def _join_workers(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        for name, proc in self.procs.items():
+            if name.startswith(("worker-", "evaluator")):
+                proc.join(max(0.0, deadline - time.monotonic()))
+
+    def _shutdown(self) -> None:
+        """SIGTERM every role still running (the parameter server saves a final model first)."""
+        for proc in self.procs.values():
+            if proc.is_alive():
+                proc.terminate()
+        deadline = time.monotonic() + 30.0
+        for proc in self.procs.values():
+            proc.join(max(0.0, deadline - time.monotonic()))
+            if proc.is_alive():
+                proc.kill()
+                proc.join()

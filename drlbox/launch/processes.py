@@ -1,0 +1,180 @@
+"""Entry points of the role processes: each builds its role, serves it, and exits cleanly.
+
+Nothing here imports TensorFlow at module level: the replay process must stay free of it, and
+every TF-using entry point first caps TF's thread pools for small machines.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def _child_setup(verbose: bool) -> None:
+    """Common start of every role process: quiet logs, leave Ctrl-C to the launcher."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(processName)s %(levelname)s %(message)s")
+    # The launcher owns Ctrl-C and stops the roles in order; a child that took the SIGINT
+    # sent to the whole terminal's process group would die mid-write instead.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _watch_parent()
+
+
+def _watch_parent() -> None:
+    """Exit when the launcher is gone (e.g. killed), so no role is ever orphaned."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.5)
+            if os.getppid() != parent:
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+
+    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
+
+
+def _limit_tf_threads() -> None:
+    """Import TF with one thread per pool (roles run side by side on few cores), quietly.
+
+    TensorFlow's C++ start-up lines (oneDNN, CUDA probing) ignore TF_CPP_MIN_LOG_LEVEL, so
+    stderr is muted while TF loads and initialises its runtime; errors still raise afterwards.
+    """
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+        tf.constant(0.0) + 1.0      # initialise the runtime while stderr is muted
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _serve_until_terminated(server: Any, on_term: Any = None) -> None:
+    """Block until SIGTERM; then run on_term and stop the server gracefully."""
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    done.wait()
+    if on_term is not None:
+        on_term()
+    server.stop(grace=2.0).wait()
+
+
+def run_parameter_server(job_id: str, job_bytes: bytes, port: int, verbose: bool) -> None:
+    """The parameter server process: build the model, serve until terminated."""
+    _child_setup(verbose)
+    _limit_tf_threads()
+    import keras
+
+    from drlbox.algorithms import make_algorithm, make_model
+    from drlbox.envs import make_env
+    from drlbox.jobs import Job
+    from drlbox.roles.param_server import ParameterServer
+    from drlbox.rpc.parameter_server import add_parameter_server
+    from drlbox.rpc.server import make_server
+
+    job = Job.decode(job_id, job_bytes)
+    config = job.config
+    if config.seed is not None:
+        keras.utils.set_random_seed(config.seed)
+    env = make_env(config.env_maker)
+    algorithm = make_algorithm(config, env.action_space)
+    server_role = ParameterServer(job.job_id, config, make_model(config, env, algorithm),
+                                  algorithm.aux_kind)
+    env.close()
+    server, _ = make_server(port, [add_parameter_server(server_role, job)])
+    log.info("parameter server for job %s on port %d", job.job_id, port)
+    _serve_until_terminated(server, lambda: server_role.stop("parameter server terminated"))
+
+
+def _status_server(port: int, role: str, job_id: str, state: dict):
+    from drlbox.rpc.server import make_server
+    from drlbox.rpc.status import add_role_status
+
+    server, _ = make_server(port, [add_role_status(
+        lambda: (role, state["state"], job_id, state["counters"]))])
+    return server
+
+
+def run_worker(ps_address: str, replay_address: str | None, index: int, status_port: int,
+               verbose: bool) -> None:
+    """A rollout worker process: fetch the job, work until the parameter server says stop."""
+    _child_setup(verbose)
+    _limit_tf_threads()
+    from drlbox.roles.worker import RolloutWorker
+    from drlbox.rpc.parameter_server import ParameterClient
+    from drlbox.rpc.replay import ReplayClient
+
+    params = ParameterClient(ps_address)
+    job = params.fetch_job()
+    config = job.config
+    replay = ReplayClient(replay_address, job.job_id) if replay_address else None
+    seed = None if config.seed is None else config.seed * 1009 + index + 1
+    state = {"state": "starting", "counters": {}}
+    server = _status_server(status_port, f"worker-{index}", job.job_id, state)
+    worker = RolloutWorker(config, params, replay, index, seed)
+    state["state"] = "running"
+    while True:
+        result = worker.run_once()
+        state["counters"] = {"env_steps": worker.total_steps, "pushes": worker.pushes,
+                             "weights_version": worker.version}
+        if result.stop:
+            break
+    state["state"] = "done"
+    server.stop(grace=0.5).wait()
+
+
+def run_replay(job_id: str, replay_type: str, replay_kwargs: dict, port: int,
+               seed: int | None, verbose: bool) -> None:
+    """The replay server process (no TensorFlow)."""
+    _child_setup(verbose)
+    from drlbox.replay import make_replay
+    from drlbox.roles.replay import ReplayService
+    from drlbox.rpc.replay import add_replay
+    from drlbox.rpc.server import make_server
+
+    service = ReplayService(make_replay(replay_type, seed=seed, **replay_kwargs))
+    server, _ = make_server(port, [add_replay(service, job_id)])
+    _serve_until_terminated(server)
+
+
+def run_evaluator(ps_address: str, status_port: int, verbose: bool) -> None:
+    """An evaluator process following a training run."""
+    _child_setup(verbose)
+    _limit_tf_threads()
+    from drlbox.algorithms import make_algorithm, make_model
+    from drlbox.envs import make_env
+    from drlbox.layers.noisy import synced_weights
+    from drlbox.ops.fast_forward import make_predict_fn
+    from drlbox.roles.evaluator import FollowingEvaluator, evaluation_policy
+    from drlbox.roles.worker import assign_weights
+    from drlbox.rpc.parameter_server import ParameterClient
+
+    params = ParameterClient(ps_address)
+    job = params.fetch_job()
+    config = job.config
+    env = make_env(config.env_maker)
+    algorithm = make_algorithm(config, env.action_space)
+    model = make_model(config, env, algorithm)
+    variables = synced_weights(model)
+    state = {"state": "running", "counters": {}}
+    server = _status_server(status_port, "evaluator", job.job_id, state)
+    policy = evaluation_policy(config.algorithm, env.action_space, "greedy", 0.0)
+    evaluator = FollowingEvaluator(params, env, make_predict_fn(model),
+                                   lambda arrays: assign_weights(variables, arrays), policy,
+                                   config, None if config.seed is None else config.seed + 7)
+    state["counters"] = {"evaluations": evaluator.run()}
+    state["state"] = "done"
+    server.stop(grace=0.5).wait()
