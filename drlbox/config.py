@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -99,9 +100,6 @@ class TrainerConfig:
                 if f.name not in skip}
 
 
-_SHARED_EVAL_ARGS = ("env_maker", "state_to_input", "load_model", "load_model_custom", "verbose")
-
-
 @dataclass(frozen=True)
 class EvaluatorConfig:
     """Every evaluator argument; build it with `evaluator_config`."""
@@ -141,11 +139,30 @@ def _reject_unknown(kwargs: dict, allowed: set, what: str) -> None:
 
 
 def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, _np_bool()))
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return (isinstance(value, numbers.Real) and not isinstance(value, (bool, _np_bool()))
+            and math.isfinite(value))
+
+
+def _np_bool() -> type:
+    import numpy as np
+
+    return np.bool_
+
+
+def _plain_numbers(kwargs: dict) -> dict:
+    """NumPy scalars become Python ints/floats, so configs pickle and print plainly."""
+    out = {}
+    for key, value in kwargs.items():
+        if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+            value = int(value)
+        elif isinstance(value, numbers.Real) and not isinstance(value, bool):
+            value = float(value)
+        out[key] = value
+    return out
 
 
 def _need(ok: bool, name: str, value: Any, rule: str) -> None:
@@ -246,13 +263,18 @@ def trainer_config(algorithm: str, **kwargs: Any) -> TrainerConfig:
         kwargs["replay_type"] = "uniform"
     if isinstance(kwargs.get("replay_type"), str):
         kwargs["replay_type"] = kwargs["replay_type"].lower()
-    cfg = TrainerConfig(algorithm=name, **kwargs)
+    cfg = TrainerConfig(algorithm=name, **_plain_numbers(kwargs))
     _check_trainer(cfg)
     if cfg.uses_replay:
         from drlbox.replay import make_replay  # checks replay_kwargs with the replay's own rules
 
-        make_replay(cfg.replay_type, **cfg.merged_replay_kwargs)
+        try:
+            make_replay(cfg.replay_type, **cfg.merged_replay_kwargs)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"replay_kwargs={cfg.replay_kwargs!r} (merged over the defaults "
+                             f"{REPLAY_DEFAULTS}): {err}") from None
     return cfg
+
 
 
 def evaluator_config(algorithm: str, **kwargs: Any) -> EvaluatorConfig:
@@ -260,7 +282,7 @@ def evaluator_config(algorithm: str, **kwargs: Any) -> EvaluatorConfig:
     name = check_algorithm(algorithm)
     allowed = {f.name for f in dataclasses.fields(EvaluatorConfig)} - {"algorithm"}
     _reject_unknown(kwargs, allowed, f"make_evaluator({name!r})")
-    cfg = EvaluatorConfig(algorithm=name, **kwargs)
+    cfg = EvaluatorConfig(algorithm=name, **_plain_numbers(kwargs))
     _check_common(cfg)
     if cfg.load_model is None:
         raise ValueError("make_evaluator needs load_model: the path of a saved .keras/.h5 model")

@@ -55,8 +55,9 @@ def convert_space(space: Any) -> spaces.Space:
     if kind == "Discrete":
         return spaces.Discrete(int(space.n))
     if kind == "Box":
-        return spaces.Box(low=np.asarray(space.low), high=np.asarray(space.high),
-                          dtype=np.dtype(space.dtype))
+        shape = tuple(space.shape)
+        return spaces.Box(low=np.broadcast_to(space.low, shape), dtype=np.dtype(space.dtype),
+                          high=np.broadcast_to(space.high, shape), shape=shape)
     raise TypeError(f"cannot adapt a space of type {kind}; drlbox supports Discrete and Box")
 
 

@@ -6,16 +6,17 @@ with the others) and stops every process on the way out, whatever happened.
 """
 from __future__ import annotations
 
-import multiprocessing
+import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from drlbox.jobs import Job
-from drlbox.launch import processes
 from drlbox.launch.progress import Progress
 from drlbox.rpc.server import PortInUseError, wait_healthy
 
@@ -44,6 +45,8 @@ def check_ports_free(ports: dict[str, int]) -> None:
     """Raise PortInUseError naming the role and port when one cannot be bound."""
     for role, port in ports.items():
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            # As gRPC binds: a port left in TIME_WAIT by a previous run is free to reuse.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind((HOST, port))
             except OSError as err:
@@ -72,41 +75,50 @@ class LocalRun:
     def __init__(self, config: Any):
         self.config = config
         self.job = Job.new(config)
-        self.ctx = multiprocessing.get_context("spawn")
-        self.procs: dict[str, multiprocessing.Process] = {}
+        self.procs: dict[str, subprocess.Popen] = {}
         self._interrupted = False
 
-    def _spawn(self, name: str, target: Any, *args: Any) -> None:
-        proc = self.ctx.Process(target=target, args=args, name=name, daemon=True)
-        proc.start()
+    def _spawn(self, name: str, role: str, stdin: bytes | None = None, **kwargs: Any) -> None:
+        """Start a role as a fresh interpreter (the user's script is never re-imported)."""
+        # The user's makers may live in modules importable only through this process's
+        # sys.path (e.g. beside their script): the roles get the same path.
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p or os.getcwd() for p in sys.path))
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "drlbox.launch.role", role, json.dumps(kwargs)],
+            stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL, env=env)
+        if stdin is not None:
+            proc.stdin.write(stdin)
+            proc.stdin.close()
         self.procs[name] = proc
 
     def _start_roles(self, ports: dict[str, int]) -> str:
         cfg, verbose = self.config, self.config.verbose
         ps_address = f"{HOST}:{ports['parameter server']}"
-        self._spawn("parameter-server", processes.run_parameter_server, self.job.job_id,
-                    self.job.encode(), ports["parameter server"], verbose)
+        self._spawn("parameter-server", "parameter-server", stdin=self.job.encode(),
+                    job_id=self.job.job_id, port=ports["parameter server"], verbose=verbose)
         self._wait_started("parameter-server", ps_address)
         replay_address = None
         if cfg.uses_replay:
             replay_address = f"{HOST}:{ports['replay server']}"
-            self._spawn("replay-server", processes.run_replay, self.job.job_id, cfg.replay_type,
-                        cfg.merged_replay_kwargs, ports["replay server"], cfg.seed, verbose)
+            self._spawn("replay-server", "replay", job_id=self.job.job_id,
+                        replay_type=cfg.replay_type, replay_kwargs=cfg.merged_replay_kwargs,
+                        port=ports["replay server"], seed=cfg.seed, verbose=verbose)
             self._wait_started("replay-server", replay_address)
         for i in range(cfg.num_parallel):
-            self._spawn(f"worker-{i}", processes.run_worker, ps_address, replay_address, i,
-                        ports[f"worker {i}"], verbose)
+            self._spawn(f"worker-{i}", "worker", ps_address=ps_address,
+                        replay_address=replay_address, index=i,
+                        status_port=ports[f"worker {i}"], verbose=verbose)
         if cfg.eval_interval:
-            self._spawn("evaluator", processes.run_evaluator, ps_address, ports["evaluator"],
-                        verbose)
+            self._spawn("evaluator", "evaluator", ps_address=ps_address,
+                        status_port=ports["evaluator"], verbose=verbose)
         return ps_address
 
     def _wait_started(self, name: str, address: str) -> None:
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
-            if not self.procs[name].is_alive():
+            if self.procs[name].poll() is not None:
                 raise RuntimeError(f"the {name} exited during start-up (exit code "
-                                   f"{self.procs[name].exitcode}); its error is printed above")
+                                   f"{self.procs[name].returncode}); its error is printed above")
             if wait_healthy(address, timeout=1.0):
                 return
         raise RuntimeError(f"the {name} did not start within {START_TIMEOUT:.0f} s")
@@ -161,10 +173,10 @@ class LocalRun:
     def _check_workers(self, failed: list, progress: Progress, client: Any) -> None:
         workers = {n: p for n, p in self.procs.items() if n.startswith("worker-")}
         for name, proc in workers.items():
-            if name not in failed and proc.exitcode not in (None, 0):
+            if name not in failed and proc.poll() not in (None, 0):
                 failed.append(name)
-                alive = sum(p.is_alive() for p in workers.values())
-                progress.write(f"drlbox: {name} died (exit code {proc.exitcode}); training "
+                alive = sum(p.poll() is None for p in workers.values())
+                progress.write(f"drlbox: {name} died (exit code {proc.returncode}); training "
                                f"goes on with {alive} worker(s)")
         if len(failed) == len(workers):
             client.stop(f"all {len(workers)} workers died")
@@ -173,16 +185,20 @@ class LocalRun:
         deadline = time.monotonic() + timeout
         for name, proc in self.procs.items():
             if name.startswith(("worker-", "evaluator")):
-                proc.join(max(0.0, deadline - time.monotonic()))
+                try:
+                    proc.wait(max(0.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    pass
 
     def _shutdown(self) -> None:
         """SIGTERM every role still running (the parameter server saves a final model first)."""
         for proc in self.procs.values():
-            if proc.is_alive():
+            if proc.poll() is None:
                 proc.terminate()
         deadline = time.monotonic() + 30.0
         for proc in self.procs.values():
-            proc.join(max(0.0, deadline - time.monotonic()))
-            if proc.is_alive():
+            try:
+                proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
                 proc.kill()
-                proc.join()
+                proc.wait()

@@ -16,11 +16,11 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
-def _child_setup(verbose: bool) -> None:
+def _child_setup(verbose: bool, role: str) -> None:
     """Common start of every role process: quiet logs, leave Ctrl-C to the launcher."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
-                        format="%(asctime)s %(processName)s %(levelname)s %(message)s")
+                        format=f"%(asctime)s drlbox {role} %(levelname)s %(message)s")
     # The launcher owns Ctrl-C and stops the roles in order; a child that took the SIGINT
     # sent to the whole terminal's process group would die mid-write instead.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -74,7 +74,7 @@ def _serve_until_terminated(server: Any, on_term: Any = None) -> None:
 
 def run_parameter_server(job_id: str, job_bytes: bytes, port: int, verbose: bool) -> None:
     """The parameter server process: build the model, serve until terminated."""
-    _child_setup(verbose)
+    _child_setup(verbose, "parameter-server")
     _limit_tf_threads()
     import keras
 
@@ -111,7 +111,7 @@ def _status_server(port: int, role: str, job_id: str, state: dict):
 def run_worker(ps_address: str, replay_address: str | None, index: int, status_port: int,
                verbose: bool) -> None:
     """A rollout worker process: fetch the job, work until the parameter server says stop."""
-    _child_setup(verbose)
+    _child_setup(verbose, f"worker-{index}")
     _limit_tf_threads()
     from drlbox.roles.worker import RolloutWorker
     from drlbox.rpc.parameter_server import ParameterClient
@@ -139,7 +139,7 @@ def run_worker(ps_address: str, replay_address: str | None, index: int, status_p
 def run_replay(job_id: str, replay_type: str, replay_kwargs: dict, port: int,
                seed: int | None, verbose: bool) -> None:
     """The replay server process (no TensorFlow)."""
-    _child_setup(verbose)
+    _child_setup(verbose, "replay")
     from drlbox.replay import make_replay
     from drlbox.roles.replay import ReplayService
     from drlbox.rpc.replay import add_replay
@@ -152,7 +152,7 @@ def run_replay(job_id: str, replay_type: str, replay_kwargs: dict, port: int,
 
 def run_evaluator(ps_address: str, status_port: int, verbose: bool) -> None:
     """An evaluator process following a training run."""
-    _child_setup(verbose)
+    _child_setup(verbose, "evaluator")
     _limit_tf_threads()
     from drlbox.algorithms import make_algorithm, make_model
     from drlbox.envs import make_env
