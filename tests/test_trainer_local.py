@@ -1,0 +1,198 @@
+"""make_trainer(...).run() end to end: real role processes talking gRPC on loopback."""
+import glob
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import gymnasium
+import keras
+import numpy as np
+import pytest
+
+from conftest import cartpole, small_features
+from drlbox.evaluator import make_evaluator
+from drlbox.rpc.server import PortInUseError
+from drlbox.trainer import make_trainer
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def role_pids(port_begin: int) -> list[int]:
+    """Pids of drlbox role processes whose arguments mention ports of this run."""
+    pids = []
+    for path in glob.glob("/proc/[0-9]*/cmdline"):
+        try:
+            cmd = open(path, "rb").read().decode(errors="replace")
+        except OSError:
+            continue
+        if "drlbox.launch.role" in cmd and any(str(p) in cmd for p in range(port_begin,
+                                                                          port_begin + 8)):
+            pids.append(int(path.split("/")[2]))
+    return pids
+
+
+@pytest.mark.parametrize("algorithm", ["a3c", "acer", "impala", "dqn"])
+def test_every_algorithm_runs_with_two_workers(algorithm, port_base, tmp_path):
+    base = port_base()
+    result = make_trainer(algorithm, env_maker=cartpole, feature_maker=small_features,
+                          num_parallel=2, train_steps=600, port_begin=base, seed=1,
+                          replay_kwargs=dict(maxlen=100, minlen=4), batch_size=2,
+                          save_dir=str(tmp_path), save_interval=200).run()
+    assert result.state == "done"
+    assert result.global_steps >= 600
+    assert result.updates > 0
+    assert result.failed_workers == []
+    assert role_pids(base) == []                 # nothing left running
+    steps = sorted(int(os.path.basename(p)[6:-6]) for p in glob.glob(str(tmp_path / "model_*"))
+                   if "final" not in p)
+    assert steps and all(s >= 200 for s in steps)
+    model = keras.models.load_model(str(tmp_path / "model_final.keras"), compile=False)
+    assert len(model.outputs) == (1 if algorithm == "dqn" else 2)
+
+
+def test_saved_model_evaluates_and_tensorboard_scalars_exist(port_base, tmp_path):
+    make_trainer("a3c", env_maker=cartpole, feature_maker=small_features, num_parallel=1,
+                 train_steps=400, port_begin=port_base(), save_dir=str(tmp_path)).run()
+    assert glob.glob(str(tmp_path / "tensorboard" / "events.out.tfevents.*"))
+    result = make_evaluator("a3c", env_maker=cartpole, load_model=str(tmp_path / "model_final.keras"),
+                            num_episodes=3, policy_type="greedy", seed=0).run()
+    assert len(result.returns) == 3 and all(r >= 1 for r in result.returns)
+
+
+def test_training_continues_from_load_model(port_base, tmp_path):
+    first = tmp_path / "first"
+    make_trainer("dqn", env_maker=cartpole, feature_maker=small_features, num_parallel=1,
+                 train_steps=200, port_begin=port_base(), save_dir=str(first)).run()
+    saved = keras.models.load_model(str(first / "model_final.keras"), compile=False)
+    second = tmp_path / "second"
+    make_trainer("dqn", env_maker=cartpole, load_model=str(first / "model_final.keras"),
+                 num_parallel=1, train_steps=1, port_begin=port_base(), save_dir=str(second),
+                 opt_kwargs=dict(learning_rate=1e-12)).run()
+    resumed = keras.models.load_model(str(second / "model_final.keras"), compile=False)
+    for a, b in zip(saved.get_weights(), resumed.get_weights()):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_following_evaluator_reports_and_target_return_stops_early(port_base):
+    result = make_trainer("a3c", env_maker=cartpole, feature_maker=small_features,
+                          num_parallel=1, train_steps=100_000, port_begin=port_base(),
+                          eval_interval=300, eval_episodes=3, target_return=5.0).run()
+    assert result.evaluations, "the evaluator reported nothing"
+    assert result.evaluations[-1].mean_return >= 5.0
+    assert result.global_steps < 100_000
+    assert "target_return" in result.message
+
+
+class KillOnceAfter(gymnasium.Wrapper):
+    """Kills its own process (SIGKILL) after some steps; only the first process to claim
+    the marker file does, so exactly one worker dies."""
+
+    def __init__(self, env, marker, steps):
+        super().__init__(env)
+        self.marker, self.left = marker, steps
+
+    def step(self, action):
+        self.left -= 1
+        if self.left == 0:
+            try:
+                os.close(os.open(self.marker, os.O_CREAT | os.O_EXCL))
+                os.kill(os.getpid(), signal.SIGKILL)
+            except FileExistsError:
+                pass
+        return self.env.step(action)
+
+
+def test_a_killed_worker_does_not_stop_the_run(port_base, tmp_path, capfd):
+    marker = str(tmp_path / "killed")
+    result = make_trainer("a3c", env_maker=lambda: KillOnceAfter(cartpole(), marker, 300),
+                          feature_maker=small_features, num_parallel=2, train_steps=3000,
+                          port_begin=port_base()).run()
+    assert os.path.exists(marker)
+    assert result.state == "done" and result.global_steps >= 3000
+    assert len(result.failed_workers) == 1
+    assert "died" in capfd.readouterr().err
+
+
+def test_taken_port_is_a_clear_error(port_base):
+    base = port_base()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", base + 3))
+        sock.listen()
+        with pytest.raises(PortInUseError, match=f"port {base + 3}.*worker 0.*port_begin"):
+            make_trainer("a3c", env_maker=cartpole, feature_maker=small_features,
+                         num_parallel=1, train_steps=100, port_begin=base).run()
+
+
+def test_bad_makers_fail_in_the_users_process():
+    def wrong_input(space):
+        inp = keras.Input(shape=(7,))
+        return inp, keras.layers.Dense(4)(inp)
+
+    with pytest.raises(ValueError, match=r"inputs of shape \(7,\)"):
+        make_trainer("a3c", env_maker=cartpole, feature_maker=wrong_input).run()
+    with pytest.raises(ValueError, match="q_values"):
+        make_trainer("dqn", env_maker=cartpole,
+                     model_maker=lambda env: keras.Sequential([keras.Input((4,)),
+                                                               keras.layers.Dense(5)])).run()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_catch_signal_stops_every_process_and_saves(sig, port_base, tmp_path):
+    base = port_base()
+    script = tmp_path / "train.py"
+    # No __main__ guard on purpose: role processes never re-import the user's script.
+    script.write_text(textwrap.dedent(f"""
+        import gymnasium, keras
+        from drlbox.trainer import make_trainer
+
+        def features(space):
+            inp = keras.Input(shape=space.shape)
+            return inp, keras.layers.Dense(16, activation='relu')(inp)
+
+        result = make_trainer('a3c', env_maker=lambda: gymnasium.make('CartPole-v1'),
+                              feature_maker=features, num_parallel=2, train_steps=10**8,
+                              port_begin={base}, save_dir={str(tmp_path)!r}, catch_signal=True
+                              ).run()
+        print('STATE', result.state, result.global_steps, flush=True)
+        """))
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while len(role_pids(base)) < 3 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    time.sleep(3.0)                                 # let the workers train a little
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-2000:]
+    assert "STATE stopped" in out
+    assert (tmp_path / "model_final.keras").exists()
+    assert role_pids(base) == []
+
+
+def test_killing_the_launcher_leaves_no_orphan(port_base, tmp_path):
+    base = port_base()
+    script = tmp_path / "train.py"
+    script.write_text(textwrap.dedent(f"""
+        import gymnasium, keras
+        from drlbox.trainer import make_trainer
+        make_trainer('dqn', env_maker=lambda: gymnasium.make('CartPole-v1'),
+                     feature_maker=lambda s: (lambda i: (i, keras.layers.Dense(8)(i)))(
+                         keras.Input(shape=s.shape)),
+                     num_parallel=1, train_steps=10**8, port_begin={base}).run()
+        """))
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while len(role_pids(base)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert len(role_pids(base)) == 2
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 30
+    while role_pids(base) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert role_pids(base) == []
