@@ -13,8 +13,11 @@ PRESETS = {
                  replay_ratio=2, replay_kwargs=dict(maxlen=2000, minlen=100)),
     "impala": dict(rollout_maxlen=16, batch_size=4, opt_kwargs=dict(learning_rate=7e-4),
                    replay_ratio=2, replay_kwargs=dict(maxlen=2000, minlen=100)),
-    "dqn": dict(rollout_maxlen=8, batch_size=4, opt_kwargs=dict(learning_rate=5e-4),
-                policy_eps_decay_steps=20_000, sync_target_interval=200),
+    # Without replay, asynchronous n-step Q-learning solved 1 seed in 3 within 200k steps;
+    # replaying short lists twice per batch made it reliable.
+    "dqn": dict(rollout_maxlen=4, batch_size=8, replay_type="uniform", replay_ratio=2,
+                replay_kwargs=dict(maxlen=5000, minlen=200), opt_kwargs=dict(learning_rate=5e-4),
+                policy_eps_decay_steps=10_000, sync_target_interval=100),
 }
 
 
