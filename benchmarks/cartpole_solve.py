@@ -10,26 +10,20 @@ import argparse
 import math
 import os
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
 
-from cartpole_presets import PRESETS, cartpole, mlp_features  # noqa: E402
-
-from drlbox.trainer import make_trainer  # noqa: E402
+from cartpole_presets import cartpole_trainer, first_solved  # noqa: E402
 
 
 def solve(algorithm: str, seed: int, max_steps: int, port_begin: int, eval_interval: int,
           verbose: bool) -> dict:
     """One run; returns steps, seconds, and whether it reached the target."""
     start = time.monotonic()
-    result = make_trainer(algorithm, env_maker=cartpole, feature_maker=mlp_features,
-                          num_parallel=2, train_steps=max_steps, seed=seed,
-                          port_begin=port_begin, eval_interval=eval_interval, eval_episodes=20,
-                          target_return=475.0, verbose=verbose, **PRESETS[algorithm]).run()
-    solved = [e for e in result.evaluations if e.mean_return >= 475.0]
-    first = solved[0] if solved else None
+    result = cartpole_trainer(algorithm, seed, max_steps, port_begin=port_begin,
+                              eval_interval=eval_interval, verbose=verbose).run()
+    first = first_solved(result)
     return {"algorithm": algorithm, "seed": seed, "solved": first is not None,
             "steps": first.global_steps if first else result.global_steps,
             "train_seconds": first.wall_seconds if first else result.wall_seconds,

@@ -33,3 +33,32 @@ def mlp_features(observation_space, sizes=(200, 100)):
     for size in sizes:
         feature = keras.layers.Dense(size, activation="relu")(feature)
     return inp, feature
+
+
+
+def cartpole_trainer(algorithm, seed=0, max_steps=300_000, **overrides):
+    """A trainer that runs `algorithm` with its preset until a greedy evaluation of 20 episodes
+    averages >= 475 (or max_steps)."""
+    from drlbox.trainer import make_trainer
+
+    kwargs = dict(env_maker=cartpole, feature_maker=mlp_features, num_parallel=2,
+                  train_steps=max_steps, seed=seed, eval_interval=5000, eval_episodes=20,
+                  target_return=475.0, verbose=True, **PRESETS[algorithm])
+    return make_trainer(algorithm, **{**kwargs, **overrides})
+
+
+def first_solved(result):
+    """The first evaluation that reached 475, or None."""
+    return next((e for e in result.evaluations if e.mean_return >= 475.0), None)
+
+
+def solve_cartpole(algorithm, seed=0, max_steps=300_000):
+    """Train until solved and say when that happened."""
+    result = cartpole_trainer(algorithm, seed, max_steps).run()
+    solved = first_solved(result)
+    if solved:
+        print(f"{algorithm}: solved CartPole-v1 after {solved.global_steps} env steps, "
+              f"{solved.wall_seconds:.1f} s (greedy mean return {solved.mean_return:.1f})")
+    else:
+        print(f"{algorithm}: not solved within {result.global_steps} env steps")
+    return result

@@ -36,6 +36,7 @@ class TrainResult:
     episodes: int
     recent_return: float
     wall_seconds: float
+    train_seconds: float
     evaluations: list = field(default_factory=list)
     checkpoints: list = field(default_factory=list)
     failed_workers: list = field(default_factory=list)
@@ -168,7 +169,8 @@ class LocalRun:
             client.close()
         return TrainResult(status.job_id, status.state, status.message, status.global_steps,
                            status.updates, status.episodes, status.recent_return,
-                           status.wall_seconds, status.evaluations, status.checkpoints, failed)
+                           status.wall_seconds, status.train_seconds, status.evaluations,
+                           status.checkpoints, failed)
 
     def _check_workers(self, failed: list, progress: Progress, client: Any) -> None:
         workers = {n: p for n, p in self.procs.items() if n.startswith("worker-")}

@@ -60,6 +60,7 @@ class JobStatus:
     recent_return: float = float("nan")
     steps_per_sec: float = 0.0
     wall_seconds: float = 0.0
+    train_seconds: float = 0.0
     evaluations: list = field(default_factory=list)
     checkpoints: list = field(default_factory=list)
     stats: dict = field(default_factory=dict)

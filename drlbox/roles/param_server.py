@@ -59,6 +59,7 @@ class ParameterServer:
         self._stats: dict = {}
         self._start = time.monotonic()
         self._rate_mark: tuple | None = None      # (time, steps); starts at the first report
+        self._first_report: float | None = None
         self._steps_per_sec = 0.0
         self._next_save = config.save_interval
         self._scalars = ScalarLog(config.save_dir)
@@ -136,6 +137,7 @@ class ParameterServer:
         now = time.monotonic()
         if self._rate_mark is None:
             self._rate_mark = (now, self.global_steps)
+            self._first_report = now
         mark_time, mark_steps = self._rate_mark
         if now - mark_time >= 1.0:
             self._steps_per_sec = (self.global_steps - mark_steps) / (now - mark_time)
@@ -192,5 +194,7 @@ class ParameterServer:
                 updates=self.updates, version=self.version, episodes=self.episodes,
                 recent_return=recent, steps_per_sec=self._steps_per_sec,
                 wall_seconds=time.monotonic() - self._start,
+                train_seconds=(time.monotonic() - self._first_report
+                               if self._first_report is not None else 0.0),
                 evaluations=list(self._evaluations), checkpoints=list(self._checkpoints),
                 stats=dict(self._stats))

@@ -24,7 +24,8 @@ def status_to_proto(s: JobStatus) -> pb.JobStatus:
         job_id=s.job_id, state=s.state, message=s.message, global_steps=s.global_steps,
         train_steps=s.train_steps, updates=s.updates, version=s.version, episodes=s.episodes,
         recent_return=s.recent_return, steps_per_sec=s.steps_per_sec,
-        wall_seconds=s.wall_seconds, checkpoints=s.checkpoints, stats=s.stats,
+        wall_seconds=s.wall_seconds, train_seconds=s.train_seconds,
+        checkpoints=s.checkpoints, stats=s.stats,
         evaluations=[pb.Evaluation(global_steps=e.global_steps, mean_return=e.mean_return,
                                    episodes=e.episodes, wall_seconds=e.wall_seconds)
                      for e in s.evaluations])
@@ -36,7 +37,8 @@ def status_from_proto(m: pb.JobStatus) -> JobStatus:
         job_id=m.job_id, state=m.state, message=m.message, global_steps=m.global_steps,
         train_steps=m.train_steps, updates=m.updates, version=m.version, episodes=m.episodes,
         recent_return=m.recent_return, steps_per_sec=m.steps_per_sec,
-        wall_seconds=m.wall_seconds, checkpoints=list(m.checkpoints), stats=dict(m.stats),
+        wall_seconds=m.wall_seconds, train_seconds=m.train_seconds,
+        checkpoints=list(m.checkpoints), stats=dict(m.stats),
         evaluations=[Evaluation(e.global_steps, e.mean_return, e.episodes, e.wall_seconds)
                      for e in m.evaluations])
 

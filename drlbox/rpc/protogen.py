@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pathlib
 import re
+import subprocess
 import sys
 import tempfile
 
@@ -14,14 +15,15 @@ _PACKAGE_IMPORT = re.compile(r"^from drlbox\.v1 import ", re.MULTILINE)
 
 def generate(out_dir: pathlib.Path) -> list[pathlib.Path]:
     """Compile every .proto into flat modules in out_dir; return the files written."""
-    from grpc_tools import protoc  # a dev dependency: only needed to regenerate
-
     protos = sorted(PROTO_DIR.glob("drlbox/v1/*.proto"))
     with tempfile.TemporaryDirectory() as tmp:
-        args = ["protoc", f"-I{PROTO_DIR}", f"--python_out={tmp}", f"--pyi_out={tmp}",
-                f"--grpc_python_out={tmp}", *map(str, protos)]
-        if protoc.main(args) != 0:
-            raise RuntimeError(f"protoc failed on {PROTO_DIR}")
+        # Out of process: grpc_tools' bundled protoc crashes a process that loaded TensorFlow.
+        args = [sys.executable, "-m", "grpc_tools.protoc", f"-I{PROTO_DIR}",
+                f"--python_out={tmp}", f"--pyi_out={tmp}", f"--grpc_python_out={tmp}",
+                *map(str, protos)]
+        done = subprocess.run(args, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"protoc failed on {PROTO_DIR}: {done.stderr.strip()}")
         out_dir.mkdir(parents=True, exist_ok=True)
         written = []
         for src in sorted((pathlib.Path(tmp) / "drlbox" / "v1").iterdir()):

@@ -131,7 +131,7 @@ class Evaluation(_message.Message):
     def __init__(self, global_steps: _Optional[int] = ..., mean_return: _Optional[float] = ..., episodes: _Optional[int] = ..., wall_seconds: _Optional[float] = ...) -> None: ...
 
 class JobStatus(_message.Message):
-    __slots__ = ("job_id", "state", "message", "global_steps", "train_steps", "updates", "version", "episodes", "recent_return", "steps_per_sec", "wall_seconds", "evaluations", "checkpoints", "stats")
+    __slots__ = ("job_id", "state", "message", "global_steps", "train_steps", "updates", "version", "episodes", "recent_return", "steps_per_sec", "wall_seconds", "evaluations", "checkpoints", "stats", "train_seconds")
     class StatsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -153,6 +153,7 @@ class JobStatus(_message.Message):
     EVALUATIONS_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINTS_FIELD_NUMBER: _ClassVar[int]
     STATS_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_SECONDS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     state: str
     message: str
@@ -167,4 +168,5 @@ class JobStatus(_message.Message):
     evaluations: _containers.RepeatedCompositeFieldContainer[Evaluation]
     checkpoints: _containers.RepeatedScalarFieldContainer[str]
     stats: _containers.ScalarMap[str, float]
-    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[str] = ..., message: _Optional[str] = ..., global_steps: _Optional[int] = ..., train_steps: _Optional[int] = ..., updates: _Optional[int] = ..., version: _Optional[int] = ..., episodes: _Optional[int] = ..., recent_return: _Optional[float] = ..., steps_per_sec: _Optional[float] = ..., wall_seconds: _Optional[float] = ..., evaluations: _Optional[_Iterable[_Union[Evaluation, _Mapping]]] = ..., checkpoints: _Optional[_Iterable[str]] = ..., stats: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    train_seconds: float
+    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[str] = ..., message: _Optional[str] = ..., global_steps: _Optional[int] = ..., train_steps: _Optional[int] = ..., updates: _Optional[int] = ..., version: _Optional[int] = ..., episodes: _Optional[int] = ..., recent_return: _Optional[float] = ..., steps_per_sec: _Optional[float] = ..., wall_seconds: _Optional[float] = ..., evaluations: _Optional[_Iterable[_Union[Evaluation, _Mapping]]] = ..., checkpoints: _Optional[_Iterable[str]] = ..., stats: _Optional[_Mapping[str, float]] = ..., train_seconds: _Optional[float] = ...) -> None: ...

@@ -1,0 +1,232 @@
+"""The replay role over real gRPC on loopback: insert, sample, priorities, limits, bad input."""
+from __future__ import annotations
+
+import types
+
+import grpc
+import numpy as np
+import pytest
+
+from drlbox.replay import PrioritizedReplay, UniformReplay
+from drlbox.roles.replay import ReplayService
+from drlbox.rpc import serde
+from drlbox.rpc.generated import replay_pb2 as pb
+from drlbox.rpc.generated import replay_pb2_grpc as pb_grpc
+from drlbox.rpc.generated import tensor_pb2
+from drlbox.rpc.replay import ReplayClient, add_replay
+from drlbox.rpc.server import make_channel, make_server
+
+JOB_ID = "acer-replay01"
+TIMEOUT = 30.0
+
+
+def start(memory):
+    service = ReplayService(memory)
+    server, port = make_server(0, [add_replay(service, JOB_ID)])
+    address = f"127.0.0.1:{port}"
+    channel = make_channel(address)
+    return types.SimpleNamespace(
+        service=service, server=server, address=address,
+        client=ReplayClient(address, JOB_ID, timeout=TIMEOUT),
+        stub=pb_grpc.ReplayServerStub(channel), channel=channel)
+
+
+@pytest.fixture
+def make_replay_server():
+    started = []
+
+    def make(memory):
+        setup = start(memory)
+        started.append(setup)
+        return setup
+
+    yield make
+    for setup in started:
+        setup.client.close()
+        setup.channel.close()
+        setup.server.stop(0)
+
+
+def rollout(n, seed):
+    """One rollout list as a worker makes it (n steps, 2 actions)."""
+    rng = np.random.default_rng(seed)
+    behaviour = rng.random((n, 2), dtype=np.float32)
+    return {
+        "obs": rng.standard_normal((n + 1, 4)).astype(np.float32),
+        "actions": rng.integers(0, 2, size=n, dtype=np.int64),
+        "rewards": rng.standard_normal(n).astype(np.float32),
+        "behaviour": behaviour / behaviour.sum(axis=1, keepdims=True),
+        "terminated": np.array([seed % 2], np.uint8),
+    }
+
+
+def assert_same_list(got, expected):
+    assert list(got) == list(expected)
+    for key, value in expected.items():
+        assert got[key].dtype == value.dtype, key
+        assert got[key].shape == value.shape, key
+        assert got[key].tobytes() == value.tobytes(), key
+
+
+def rpc_error(call):
+    with pytest.raises(grpc.RpcError) as info:
+        call()
+    return info.value
+
+
+def test_sample_is_none_until_minlen(make_replay_server):
+    r = make_replay_server(UniformReplay(maxlen=20, minlen=3, seed=0))
+    assert r.client.sample(4) is None
+    r.client.insert([rollout(5, 0), rollout(5, 1)])
+    assert len(r.service) == 2 and not r.service.ready
+    assert r.client.sample(4) is None
+    r.client.insert([rollout(5, 2)])
+    assert r.service.ready
+    sample = r.client.sample(4)
+    assert sample is not None and len(sample.lists) == 4
+
+
+def test_rollout_lists_round_trip_exactly(make_replay_server):
+    r = make_replay_server(UniformReplay(maxlen=20, minlen=1, seed=0))
+    lists = [rollout(n, seed) for seed, n in enumerate([1, 3, 8, 32, 5])]
+    r.client.insert(lists[:2])
+    r.client.insert(lists[2:])
+    assert len(r.service) == len(lists)
+    sample = r.client.sample(64)
+    assert sample.keys.dtype == np.int64 and sample.keys.shape == (64,)
+    assert sample.weights.dtype == np.float32 and np.all(sample.weights == 1.0)
+    assert set(sample.keys.tolist()) == set(range(len(lists)))   # 64 draws from 5 lists
+    for got, key in zip(sample.lists, sample.keys):
+        assert_same_list(got, lists[key])
+        n = got["actions"].shape[0]
+        assert got["obs"].shape == (n + 1, 4) and got["behaviour"].shape == (n, 2)
+        assert got["rewards"].shape == (n,) and got["terminated"].shape == (1,)
+
+
+def test_insert_reply_reports_size_and_ready(make_replay_server):
+    r = make_replay_server(UniformReplay(maxlen=3, minlen=2, seed=0))
+    chunk = lambda lists: pb.ReplayChunk(job_id=JOB_ID, data=serde.encode_rollouts(lists))
+    info = r.stub.Insert(iter([chunk([rollout(2, 0)])]), timeout=TIMEOUT)
+    assert (info.size, info.ready) == (1, False)
+    info = r.stub.Insert(iter([chunk([rollout(2, 1), rollout(2, 2), rollout(2, 3)])]),
+                         timeout=TIMEOUT)
+    assert (info.size, info.ready) == (3, True)      # maxlen 3: the oldest was evicted
+    sample = r.client.sample(30)
+    assert set(sample.keys.tolist()) == {1, 2, 3}
+
+
+def test_prioritized_update_over_grpc_shifts_sampling(make_replay_server):
+    r = make_replay_server(PrioritizedReplay(maxlen=16, minlen=4, alpha=1.0, beta=0.5,
+                                             eps=1e-6, seed=0))
+    lists = [rollout(3, seed) for seed in range(4)]
+    r.client.insert(lists)
+    before = r.client.sample(400)
+    assert set(before.keys.tolist()) == {0, 1, 2, 3}, "fresh lists share the max priority"
+
+    r.client.update_priorities(np.array([0, 1, 2, 3]), np.array([0.0, 0.0, 0.0, 5.0]))
+    after = r.client.sample(400)
+    assert np.mean(after.keys == 3) > 0.99
+    for got, key in zip(after.lists, after.keys):
+        assert_same_list(got, lists[key])
+    # Importance weights are normalised to a max of 1 and favour the rare draws.
+    assert after.weights.dtype == np.float32
+    assert after.weights.max() == pytest.approx(1.0)
+    assert np.all(after.weights[after.keys == 3] < 1.0) or np.all(after.keys == 3)
+
+    r.client.update_priorities(np.array([3, 1]), np.array([0.0, 5.0]))
+    shifted = r.client.sample(400)
+    assert np.mean(shifted.keys == 1) > 0.99
+
+
+def test_bad_priority_updates_are_invalid_argument(make_replay_server):
+    r = make_replay_server(PrioritizedReplay(maxlen=8, minlen=1, seed=0))
+    r.client.insert([rollout(2, 0)])
+    err = rpc_error(lambda: r.client.update_priorities(np.array([99]), np.array([1.0])))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "99" in err.details()
+    err = rpc_error(lambda: r.client.update_priorities(np.array([0]), np.array([-1.0])))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and ">= 0" in err.details()
+    err = rpc_error(lambda: r.client.update_priorities(np.array([0, 0]), np.array([1.0])))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_uniform_replay_ignores_priorities(make_replay_server):
+    r = make_replay_server(UniformReplay(maxlen=8, minlen=1, seed=0))
+    r.client.insert([rollout(2, 0), rollout(2, 1)])
+    r.client.update_priorities(np.array([0, 1]), np.array([0.0, 9.0]))
+    assert set(r.client.sample(200).keys.tolist()) == {0, 1}
+
+
+def test_sample_batch_size_must_be_positive(make_replay_server):
+    r = make_replay_server(UniformReplay(maxlen=8, minlen=1, seed=0))
+    r.client.insert([rollout(2, 0)])
+    for size in (0, -3):
+        err = rpc_error(lambda: r.client.sample(size))
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert str(size) in err.details()
+
+
+def test_unknown_job_is_not_found(make_replay_server):
+    r = make_replay_server(UniformReplay(maxlen=8, minlen=1, seed=0))
+    r.client.insert([rollout(2, 0)])
+    stranger = ReplayClient(r.address, "dqn-otherjob", timeout=TIMEOUT)
+    try:
+        calls = {"insert": lambda: stranger.insert([rollout(2, 1)]),
+                 "sample": lambda: stranger.sample(2),
+                 "update_priorities": lambda: stranger.update_priorities([0], [1.0])}
+        for name, call in calls.items():
+            err = rpc_error(call)
+            assert err.code() == grpc.StatusCode.NOT_FOUND, name
+            assert "dqn-otherjob" in err.details() and JOB_ID in err.details(), name
+    finally:
+        stranger.close()
+    assert len(r.service) == 1
+
+
+def test_payload_over_one_mib_is_chunked_and_inserted(make_replay_server):
+    r = make_replay_server(UniformReplay(maxlen=8, minlen=1, seed=0))
+    lists = [rollout(10_000, seed) for seed in range(4)]
+    data = serde.encode_rollouts(lists)
+    assert len(data) > serde.CHUNK_BYTES
+    assert len(list(serde.split_chunks(data))) >= 2
+    r.client.insert(lists)
+    assert len(r.service) == 4
+    sample = r.client.sample(8)       # the sample stream is chunked too
+    assert len(serde.encode_rollouts(sample.lists)) > serde.CHUNK_BYTES
+    for got, key in zip(sample.lists, sample.keys):
+        assert_same_list(got, lists[key])
+
+
+def test_malformed_insert_is_invalid_argument_and_changes_nothing(make_replay_server):
+    r = make_replay_server(UniformReplay(maxlen=8, minlen=1, seed=0))
+    r.client.insert([rollout(2, 0)])
+    good = serde.encode_rollouts([rollout(50_000, 1)])
+    pieces = list(serde.split_chunks(good))
+    assert len(pieces) >= 2
+    mismatched = tensor_pb2.RolloutBatch(lists=[tensor_pb2.TensorList(tensors=[
+        tensor_pb2.Tensor(name="obs", dtype="float32", shape=[2, 4], data=b"\0" * 31)])])
+    bad_dtype = tensor_pb2.RolloutBatch(lists=[tensor_pb2.TensorList(tensors=[
+        tensor_pb2.Tensor(name="obs", dtype="object", shape=[1], data=b"\0" * 8)])])
+    streams = {
+        "garbage": [b"\xff\xff\xff\xff"],
+        "garbage in a later chunk": [pieces[0], b"\xff" * 100] + pieces[2:],
+        "truncated": pieces[:-1] + [pieces[-1][:-7]] if len(pieces[-1]) > 7 else pieces[:-1],
+        "byte count": [mismatched.SerializeToString()],
+        "dtype": [bad_dtype.SerializeToString()],
+    }
+    for name, datas in streams.items():
+        chunks = [pb.ReplayChunk(job_id=JOB_ID, data=datas[0])]
+        chunks += [pb.ReplayChunk(data=d) for d in datas[1:]]
+        err = rpc_error(lambda: r.stub.Insert(iter(chunks), timeout=TIMEOUT))
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, name
+        assert "rollouts refused" in err.details(), name
+        assert len(r.service) == 1, name
+    # The server is still fine afterwards.
+    r.client.insert([rollout(3, 2)])
+    assert len(r.service) == 2
+
+
+def test_empty_insert_stream_is_invalid_argument(make_replay_server):
+    r = make_replay_server(UniformReplay(maxlen=8, minlen=1, seed=0))
+    err = rpc_error(lambda: r.stub.Insert(iter([]), timeout=TIMEOUT))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert len(r.service) == 0
