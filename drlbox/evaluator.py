@@ -38,8 +38,7 @@ class Evaluator:
         env = make_env(cfg.env_maker)
         model = load_keras_model(cfg.load_model, cfg.load_model_custom)
         ALGORITHM_CLASSES[cfg.algorithm](cfg, env.action_space).check_model(model)
-        policy = evaluation_policy(cfg.algorithm, env.action_space, cfg.policy_type,
-                                   cfg.policy_eps)
+        policy = evaluation_policy(env.action_space, cfg.policy_type, cfg.policy_eps)
 
         def show(episode: int, total: float, length: int) -> None:
             if cfg.verbose:

@@ -196,3 +196,28 @@ def test_killing_the_launcher_leaves_no_orphan(port_base, tmp_path):
     while role_pids(base) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert role_pids(base) == []
+
+
+def pendulum():
+    """A continuous-action env (module-level so role processes unpickle it by reference)."""
+    return gymnasium.make("Pendulum-v1")
+
+
+@pytest.mark.parametrize("algorithm,extra", [
+    ("a3c", dict(noisynet="ig", a3c_entropy_weight=0.0)),
+    ("dqn", dict(noisynet="fg", dqn_dueling=True, replay_type="prioritized",
+                 replay_kwargs=dict(maxlen=100, minlen=4))),
+    ("impala", dict(env_maker=pendulum, replay_kwargs=dict(maxlen=100, minlen=4))),
+    ("acer", dict(optimizer=keras.optimizers.RMSprop(learning_rate=1e-3),
+                  online_learning=False, replay_kwargs=dict(maxlen=100, minlen=4))),
+])
+def test_options_train_and_save(algorithm, extra, port_base, tmp_path):
+    kwargs = dict(env_maker=cartpole, feature_maker=small_features, num_parallel=1,
+                  train_steps=400, port_begin=port_base(), save_dir=str(tmp_path), batch_size=2)
+    result = make_trainer(algorithm, **{**kwargs, **extra}).run()
+    assert result.state == "done" and result.updates > 0
+    import drlbox.layers  # noqa: F401  (NoisyDense / DuelingCombine for plain Keras loading)
+
+    model = keras.models.load_model(str(tmp_path / "model_final.keras"), compile=False)
+    noisy = [layer for layer in model.layers if type(layer).__name__ == "NoisyDense"]
+    assert bool(noisy) == ("noisynet" in extra)

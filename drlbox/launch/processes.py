@@ -171,7 +171,7 @@ def run_evaluator(ps_address: str, status_port: int, verbose: bool) -> None:
     variables = synced_weights(model)
     state = {"state": "running", "counters": {}}
     server = _status_server(status_port, "evaluator", job.job_id, state)
-    policy = evaluation_policy(config.algorithm, env.action_space, "greedy", 0.0)
+    policy = evaluation_policy(env.action_space, "greedy", 0.0)
     evaluator = FollowingEvaluator(params, env, make_predict_fn(model),
                                    lambda arrays: assign_weights(variables, arrays), policy,
                                    config, None if config.seed is None else config.seed + 7)

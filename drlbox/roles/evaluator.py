@@ -15,13 +15,13 @@ log = logging.getLogger(__name__)
 Policy = Callable[[list, np.random.Generator], np.ndarray]
 
 
-def evaluation_policy(algorithm: str, action_space: Any, policy_type: str,
-                      policy_eps: float) -> Policy:
+def evaluation_policy(action_space: Any, policy_type: str, policy_eps: float) -> Policy:
     """outputs -> actions for a batch of one or more observations.
 
-    Actor-critic models act on their policy head: 'stochastic' samples it, 'greedy' takes its
-    mode. DQN acts on its Q-values: 'greedy' takes the best action, 'stochastic' samples a
-    softmax over them. With probability `policy_eps` a greedy policy acts uniformly at random.
+    Every algorithm's first output is read the same way: actor-critic models act on their
+    policy head ('stochastic' samples it, 'greedy' takes its mode); DQN's Q-values, read as
+    logits, give the best action or a softmax sample. With probability `policy_eps` a greedy
+    policy acts uniformly at random.
     """
     dist = DiagGaussian if is_continuous(action_space) else Categorical
 
@@ -34,7 +34,6 @@ def evaluation_policy(algorithm: str, action_space: Any, policy_type: str,
             return np.stack([action_space.sample() for _ in range(len(head))])
         return actions
 
-    del algorithm  # the head's meaning is the same for every algorithm's first output
     return policy
 
 
