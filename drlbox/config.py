@@ -31,8 +31,8 @@ ALGORITHM_ARGS = {
 
 
 @dataclass(frozen=True)
-class TrainerConfig:
-    """Every trainer argument (see README, "Arguments"); build it with `trainer_config`."""
+class SharedConfig:
+    """The arguments trainer and evaluator share."""
 
     algorithm: str
     env_maker: Callable | None = None
@@ -40,6 +40,12 @@ class TrainerConfig:
     load_model: str | None = None
     load_model_custom: dict | None = None
     verbose: bool = False
+
+
+@dataclass(frozen=True)
+class TrainerConfig(SharedConfig):
+    """Every trainer argument (see README, "Arguments"); build it with `trainer_config`."""
+
     feature_maker: Callable | None = None
     model_maker: Callable | None = None
     num_parallel: int = field(default_factory=lambda: os.cpu_count() or 1)
@@ -101,15 +107,9 @@ class TrainerConfig:
 
 
 @dataclass(frozen=True)
-class EvaluatorConfig:
+class EvaluatorConfig(SharedConfig):
     """Every evaluator argument; build it with `evaluator_config`."""
 
-    algorithm: str
-    env_maker: Callable | None = None
-    state_to_input: Callable | None = None
-    load_model: str | None = None
-    load_model_custom: dict | None = None
-    verbose: bool = False
     render_timestep: float | None = None
     render_end: bool = False
     num_episodes: int = 20
@@ -170,7 +170,7 @@ def _need(ok: bool, name: str, value: Any, rule: str) -> None:
         raise ValueError(f"{name} must be {rule}, got {value!r}")
 
 
-def _check_common(cfg: TrainerConfig | EvaluatorConfig) -> None:
+def _check_common(cfg: SharedConfig) -> None:
     _need(callable(cfg.env_maker), "env_maker", cfg.env_maker,
           "a callable returning a Gymnasium environment")
     _need(cfg.state_to_input is None or callable(cfg.state_to_input), "state_to_input",
