@@ -18,10 +18,11 @@ setup(
         "protobuf>=7.35.1,<8",
         "cloudpickle>=3",
         "tqdm>=4.60",
+        "tensorboard>=2.16",      # tf.summary scalars; TensorFlow no longer installs it
     ],
     extras_require={
         "atari": ["ale-py>=0.10", "opencv-python-headless>=4.8"],
         "dev": ["pytest>=8", "pytest-timeout>=2", "grpcio-tools==1.85.1"],
+        "bench": ["torch==2.13.0", "stable-baselines3==2.9.2", "matplotlib>=3.7"],
     },
-    entry_points={"console_scripts": ["drlbox=drlbox.launch.cli:main"]},
 )

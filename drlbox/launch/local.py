@@ -178,8 +178,9 @@ class LocalRun:
             if name not in failed and proc.poll() not in (None, 0):
                 failed.append(name)
                 alive = sum(p.poll() is None for p in workers.values())
-                progress.write(f"drlbox: {name} died (exit code {proc.returncode}); training "
-                               f"goes on with {alive} worker(s)")
+                going_on = (f"training goes on with {alive} worker(s)" if alive
+                            else "no worker is left, so the run stops")
+                progress.write(f"drlbox: {name} died (exit code {proc.returncode}); {going_on}")
         if len(failed) == len(workers):
             client.stop(f"all {len(workers)} workers died")
 

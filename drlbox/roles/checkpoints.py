@@ -1,11 +1,15 @@
 """Saving models atomically, and TensorBoard scalars beside them."""
 from __future__ import annotations
 
+import importlib.util
+import logging
 import os
 import tempfile
 
 import keras
 import tensorflow as tf
+
+log = logging.getLogger(__name__)
 
 
 def save_model_atomically(model: keras.Model, path: str) -> str:
@@ -34,8 +38,14 @@ class ScalarLog:
     """TensorBoard scalars under save_dir/tensorboard; does nothing without a save_dir."""
 
     def __init__(self, save_dir: str | None):
-        self._writer = (tf.summary.create_file_writer(os.path.join(save_dir, "tensorboard"))
-                        if save_dir else None)
+        self._writer = None
+        if not save_dir:
+            return
+        if importlib.util.find_spec("tensorboard") is None:
+            # tf.summary needs the tensorboard package; training must not fail for its lack.
+            log.warning("TensorBoard scalars are off: the tensorboard package is not installed")
+            return
+        self._writer = tf.summary.create_file_writer(os.path.join(save_dir, "tensorboard"))
 
     def write(self, step: int, scalars: dict) -> None:
         """Write name -> value scalars at `step`."""
