@@ -45,7 +45,7 @@ def test_every_algorithm_runs_with_two_workers(algorithm, port_base, tmp_path):
     assert result.state == "done"
     assert result.global_steps >= 600
     assert result.updates > 0
-    assert result.failed_workers == []
+    assert result.failed_roles == []
     assert role_pids(base) == []                 # nothing left running
     steps = sorted(int(os.path.basename(p)[6:-6]) for p in glob.glob(str(tmp_path / "model_*"))
                    if "final" not in p)
@@ -113,7 +113,7 @@ def test_a_killed_worker_does_not_stop_the_run(port_base, tmp_path, capfd):
                           port_begin=port_base()).run()
     assert os.path.exists(marker)
     assert result.state == "done" and result.global_steps >= 3000
-    assert len(result.failed_workers) == 1
+    assert len(result.failed_roles) == 1
     assert "died" in capfd.readouterr().err
 
 
@@ -221,3 +221,32 @@ def test_options_train_and_save(algorithm, extra, port_base, tmp_path):
     model = keras.models.load_model(str(tmp_path / "model_final.keras"), compile=False)
     noisy = [layer for layer in model.layers if type(layer).__name__ == "NoisyDense"]
     assert bool(noisy) == ("noisynet" in extra)
+
+
+def test_a_dead_parameter_server_is_a_clear_error(port_base):
+    import threading
+
+    base = port_base()
+
+    def kill_parameter_server():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            pids = role_pids(base)
+            if len(pids) >= 2:                  # the worker runs: we are past start-up
+                time.sleep(3.0)
+                for pid in pids:
+                    if "parameter-server" in open(f"/proc/{pid}/cmdline", "rb").read().decode():
+                        os.kill(pid, signal.SIGKILL)
+                return
+            time.sleep(0.2)
+
+    killer = threading.Thread(target=kill_parameter_server, daemon=True)
+    killer.start()
+    with pytest.raises(RuntimeError, match="parameter server died"):
+        make_trainer("a3c", env_maker=cartpole, feature_maker=small_features, num_parallel=1,
+                     train_steps=10**8, port_begin=base).run()
+    killer.join()
+    deadline = time.monotonic() + 30
+    while role_pids(base) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert role_pids(base) == []

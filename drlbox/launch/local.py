@@ -39,7 +39,7 @@ class TrainResult:
     train_seconds: float
     evaluations: list = field(default_factory=list)
     checkpoints: list = field(default_factory=list)
-    failed_workers: list = field(default_factory=list)
+    failed_roles: list = field(default_factory=list)   # e.g. ['worker-1']
 
 
 def check_ports_free(ports: dict[str, int]) -> None:
@@ -153,6 +153,7 @@ class LocalRun:
         failed: list[str] = []
         try:
             while True:
+                self._check_roles(failed, progress, client)
                 status = client.status()
                 progress.update(status)
                 if not status.running:
@@ -160,7 +161,6 @@ class LocalRun:
                 if self._interrupted:
                     client.stop("interrupted by a signal")
                     continue
-                self._check_workers(failed, progress, client)
                 time.sleep(0.25)
             self._join_workers(timeout=60.0)
             status = client.status()
@@ -172,16 +172,23 @@ class LocalRun:
                            status.wall_seconds, status.train_seconds, status.evaluations,
                            status.checkpoints, failed)
 
-    def _check_workers(self, failed: list, progress: Progress, client: Any) -> None:
-        workers = {n: p for n, p in self.procs.items() if n.startswith("worker-")}
-        for name, proc in workers.items():
-            if name not in failed and proc.poll() not in (None, 0):
-                failed.append(name)
-                alive = sum(p.poll() is None for p in workers.values())
-                going_on = (f"training goes on with {alive} worker(s)" if alive
-                            else "no worker is left, so the run stops")
-                progress.write(f"drlbox: {name} died (exit code {proc.returncode}); {going_on}")
-        if len(failed) == len(workers):
+    def _check_roles(self, failed: list, progress: Progress, client: Any) -> None:
+        """Report roles that died; stop when no worker is left."""
+        workers = [name for name in self.procs if name.startswith("worker-")]
+        for name, proc in self.procs.items():
+            if name in failed or proc.poll() in (None, 0):
+                continue
+            failed.append(name)
+            if name == "parameter-server":
+                raise RuntimeError(f"the parameter server died (exit code {proc.returncode}); "
+                                   f"training cannot go on (its error is printed above)")
+            alive = sum(self.procs[w].poll() is None for w in workers)
+            going_on = {"evaluator": "training goes on without evaluations",
+                        "replay-server": "workers cannot replay and will stop"}.get(
+                name, f"training goes on with {alive} worker(s)" if alive
+                else "no worker is left, so the run stops")
+            progress.write(f"drlbox: {name} died (exit code {proc.returncode}); {going_on}")
+        if all(name in failed for name in workers):
             client.stop(f"all {len(workers)} workers died")
 
     def _join_workers(self, timeout: float) -> None:
