@@ -48,8 +48,8 @@ class Trainer:
         if self.config.verbose:
             print(f"drlbox: {result.state} after {result.global_steps} env steps, "
                   f"{result.updates} updates in {result.wall_seconds:.1f} s; {result.message}")
-            for path in result.checkpoints[-1:]:
-                print(f"drlbox: final model saved to {path}")
+            for checkpoint in result.checkpoints[-1:]:
+                print(f"drlbox: final model saved to {checkpoint.path}")
         return result
 
 

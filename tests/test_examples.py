@@ -45,7 +45,7 @@ def test_breakout_acer_runs_saves_and_evaluates(tmp_path):
     assert not result.failed_roles
 
     path = tmp_path / "model_final.keras"
-    assert str(path) in result.checkpoints
+    assert str(path) in [c.path for c in result.checkpoints]
     model = keras.models.load_model(path, compile=False)
     assert [tuple(t.shape) for t in model.outputs] == [(None, 4), (None, 4)]
 

@@ -38,7 +38,7 @@ class TrainResult:
     wall_seconds: float
     train_seconds: float
     evaluations: list = field(default_factory=list)
-    checkpoints: list = field(default_factory=list)
+    checkpoints: list = field(default_factory=list)    # Checkpoint(path, global_steps, ...)
     failed_roles: list = field(default_factory=list)   # e.g. ['worker-1']
 
 

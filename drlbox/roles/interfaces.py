@@ -46,6 +46,15 @@ class Evaluation:
 
 
 @dataclass
+class Checkpoint:
+    """A saved model: where, after how many env steps, and how long after the first step."""
+
+    path: str
+    global_steps: int
+    train_seconds: float
+
+
+@dataclass
 class JobStatus:
     """Progress of a job as the parameter server sees it."""
 

@@ -19,7 +19,8 @@ import tensorflow as tf
 
 from drlbox.layers.noisy import synced_weights
 from drlbox.roles.checkpoints import ScalarLog, checkpoint_path, save_model_atomically
-from drlbox.roles.interfaces import Evaluation, JobStatus, PushResult, WeightsUpdate, WorkerReport
+from drlbox.roles.interfaces import (Checkpoint, Evaluation, JobStatus, PushResult, WeightsUpdate,
+                                     WorkerReport)
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ class ParameterServer:
         self.global_steps = self.updates = self.episodes = 0
         self._recent_returns: collections.deque = collections.deque(maxlen=100)
         self._evaluations: list[Evaluation] = []
-        self._checkpoints: list[str] = []
+        self._checkpoints: list[Checkpoint] = []
         self._stats: dict = {}
         self._start = time.monotonic()
         self._rate_mark: tuple | None = None      # (time, steps); starts at the first report
@@ -181,8 +182,11 @@ class ParameterServer:
 
     def _save(self, path: str) -> None:
         save_model_atomically(self.model, path)
-        if path not in self._checkpoints:
-            self._checkpoints.append(path)
+        self._checkpoints = [c for c in self._checkpoints if c.path != path]
+        self._checkpoints.append(Checkpoint(path, self.global_steps, self._train_seconds()))
+
+    def _train_seconds(self) -> float:
+        return 0.0 if self._first_report is None else time.monotonic() - self._first_report
 
     def status(self) -> JobStatus:
         """A snapshot of the job's progress."""
@@ -194,7 +198,6 @@ class ParameterServer:
                 updates=self.updates, version=self.version, episodes=self.episodes,
                 recent_return=recent, steps_per_sec=self._steps_per_sec,
                 wall_seconds=time.monotonic() - self._start,
-                train_seconds=(time.monotonic() - self._first_report
-                               if self._first_report is not None else 0.0),
+                train_seconds=self._train_seconds(),
                 evaluations=list(self._evaluations), checkpoints=list(self._checkpoints),
                 stats=dict(self._stats))

@@ -8,7 +8,7 @@ import grpc
 import numpy as np
 
 from drlbox.jobs import Job, check_python_version, python_version
-from drlbox.roles.interfaces import (Evaluation, JobStatus, PushResult, WeightsUpdate,
+from drlbox.roles.interfaces import (Checkpoint, Evaluation, JobStatus, PushResult, WeightsUpdate,
                                      WorkerReport)
 from drlbox.rpc import serde
 from drlbox.rpc.generated import parameter_server_pb2 as pb
@@ -25,7 +25,9 @@ def status_to_proto(s: JobStatus) -> pb.JobStatus:
         train_steps=s.train_steps, updates=s.updates, version=s.version, episodes=s.episodes,
         recent_return=s.recent_return, steps_per_sec=s.steps_per_sec,
         wall_seconds=s.wall_seconds, train_seconds=s.train_seconds,
-        checkpoints=s.checkpoints, stats=s.stats,
+        stats=s.stats,
+        checkpoints=[pb.Checkpoint(path=c.path, global_steps=c.global_steps,
+                                   train_seconds=c.train_seconds) for c in s.checkpoints],
         evaluations=[pb.Evaluation(global_steps=e.global_steps, mean_return=e.mean_return,
                                    episodes=e.episodes, wall_seconds=e.wall_seconds)
                      for e in s.evaluations])
@@ -38,7 +40,8 @@ def status_from_proto(m: pb.JobStatus) -> JobStatus:
         train_steps=m.train_steps, updates=m.updates, version=m.version, episodes=m.episodes,
         recent_return=m.recent_return, steps_per_sec=m.steps_per_sec,
         wall_seconds=m.wall_seconds, train_seconds=m.train_seconds,
-        checkpoints=list(m.checkpoints), stats=dict(m.stats),
+        stats=dict(m.stats),
+        checkpoints=[Checkpoint(c.path, c.global_steps, c.train_seconds) for c in m.checkpoints],
         evaluations=[Evaluation(e.global_steps, e.mean_return, e.episodes, e.wall_seconds)
                      for e in m.evaluations])
 

@@ -130,6 +130,16 @@ class Evaluation(_message.Message):
     wall_seconds: float
     def __init__(self, global_steps: _Optional[int] = ..., mean_return: _Optional[float] = ..., episodes: _Optional[int] = ..., wall_seconds: _Optional[float] = ...) -> None: ...
 
+class Checkpoint(_message.Message):
+    __slots__ = ("path", "global_steps", "train_seconds")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    GLOBAL_STEPS_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    global_steps: int
+    train_seconds: float
+    def __init__(self, path: _Optional[str] = ..., global_steps: _Optional[int] = ..., train_seconds: _Optional[float] = ...) -> None: ...
+
 class JobStatus(_message.Message):
     __slots__ = ("job_id", "state", "message", "global_steps", "train_steps", "updates", "version", "episodes", "recent_return", "steps_per_sec", "wall_seconds", "evaluations", "checkpoints", "stats", "train_seconds")
     class StatsEntry(_message.Message):
@@ -166,7 +176,7 @@ class JobStatus(_message.Message):
     steps_per_sec: float
     wall_seconds: float
     evaluations: _containers.RepeatedCompositeFieldContainer[Evaluation]
-    checkpoints: _containers.RepeatedScalarFieldContainer[str]
+    checkpoints: _containers.RepeatedCompositeFieldContainer[Checkpoint]
     stats: _containers.ScalarMap[str, float]
     train_seconds: float
-    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[str] = ..., message: _Optional[str] = ..., global_steps: _Optional[int] = ..., train_steps: _Optional[int] = ..., updates: _Optional[int] = ..., version: _Optional[int] = ..., episodes: _Optional[int] = ..., recent_return: _Optional[float] = ..., steps_per_sec: _Optional[float] = ..., wall_seconds: _Optional[float] = ..., evaluations: _Optional[_Iterable[_Union[Evaluation, _Mapping]]] = ..., checkpoints: _Optional[_Iterable[str]] = ..., stats: _Optional[_Mapping[str, float]] = ..., train_seconds: _Optional[float] = ...) -> None: ...
+    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[str] = ..., message: _Optional[str] = ..., global_steps: _Optional[int] = ..., train_steps: _Optional[int] = ..., updates: _Optional[int] = ..., version: _Optional[int] = ..., episodes: _Optional[int] = ..., recent_return: _Optional[float] = ..., steps_per_sec: _Optional[float] = ..., wall_seconds: _Optional[float] = ..., evaluations: _Optional[_Iterable[_Union[Evaluation, _Mapping]]] = ..., checkpoints: _Optional[_Iterable[_Union[Checkpoint, _Mapping]]] = ..., stats: _Optional[_Mapping[str, float]] = ..., train_seconds: _Optional[float] = ...) -> None: ...
