@@ -4,7 +4,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install train test test-fast protos bench-forward clean
+BENCH_STAMP := $(VENV)/.installed-bench
+
+.PHONY: install train test test-fast protos bench bench-forward clean
 
 $(STAMP): setup.py pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +30,16 @@ test-fast: $(STAMP)
 ## Regenerate the gRPC/protobuf code under drlbox/rpc/generated from protos/.
 protos: $(STAMP)
 	$(PY) -m drlbox.rpc.protogen
+
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install -e '.[bench]'
+	touch $(BENCH_STAMP)
+
+## drlbox vs Stable-Baselines3 side by side (throughput, time to solve CartPole, Pong).
+## torch is pinned to 2.13.0, whose CPU wheel pip takes from a local wheel directory when one
+## is configured (find-links); elsewhere add --extra-index-url for PyTorch's CPU wheels.
+bench: $(BENCH_STAMP)
+	$(PY) benchmarks/compare_sb3.py
 
 bench-forward: $(STAMP)
 	$(PY) benchmarks/bench_forward.py

@@ -1,0 +1,76 @@
+"""drlbox's side of the SB3 comparison: offline evaluation of saved models, and Pong."""
+from __future__ import annotations
+
+import gymnasium
+import keras
+import numpy as np
+
+from drlbox.algorithms import load_keras_model
+from drlbox.envs import make_env
+from drlbox.ops.fast_forward import make_predict_fn
+from drlbox.roles.evaluator import evaluation_policy, run_episodes
+from drlbox.trainer import make_trainer
+
+SOLVED = 475.0
+EPISODES = 20
+EVAL_SEED_OFFSET = 10_000
+
+
+def evaluate_saved(path: str, seed: int) -> float:
+    """Greedy mean return of a saved CartPole model over 20 episodes."""
+    env = make_env(lambda: gymnasium.make("CartPole-v1"))
+    model = load_keras_model(path)
+    returns = run_episodes(env, make_predict_fn(model), evaluation_policy(env.action_space,
+                                                                          "greedy", 0.0),
+                           EPISODES, lambda obs: obs,
+                           np.random.default_rng(seed + EVAL_SEED_OFFSET))
+    env.close()
+    return float(np.mean(returns))
+
+
+def solved_at(checkpoints: list, seed: int) -> tuple:
+    """(first (steps, mean return, train seconds) that reached 475 or None, all evaluations)."""
+    evals = []
+    for checkpoint in sorted(checkpoints, key=lambda c: c.global_steps):
+        mean = evaluate_saved(checkpoint.path, seed)
+        evals.append((checkpoint.global_steps, mean, checkpoint.train_seconds))
+        if mean >= SOLVED:
+            return evals[-1], evals
+    return None, evals
+
+
+def pong_env():
+    """Pong as the agent sees it: 84x84 grey, 4 frames skipped, 4 stacked, clipped reward."""
+    import ale_py
+
+    gymnasium.register_envs(ale_py)
+    env = gymnasium.make("ALE/Pong-v5", frameskip=1, repeat_action_probability=0.0)
+    env = gymnasium.wrappers.AtariPreprocessing(env, frame_skip=4, screen_size=84,
+                                                grayscale_obs=True, noop_max=30)
+    env = gymnasium.wrappers.ClipReward(env, -1.0, 1.0)
+    return gymnasium.wrappers.FrameStackObservation(env, 4)
+
+
+def channels_last(obs) -> np.ndarray:
+    """(4, 84, 84) stacked frames -> (84, 84, 4) uint8."""
+    return np.moveaxis(np.asarray(obs), 0, -1)
+
+
+def nature_cnn_a3c(env) -> keras.Model:
+    """The Nature CNN with A3C's (logits, value) heads."""
+    inp = keras.Input((84, 84, 4))
+    x = keras.layers.Rescaling(1.0 / 255)(inp)
+    x = keras.layers.Conv2D(32, 8, strides=4, activation="relu")(x)
+    x = keras.layers.Conv2D(64, 4, strides=2, activation="relu")(x)
+    x = keras.layers.Conv2D(64, 3, strides=1, activation="relu")(x)
+    x = keras.layers.Dense(512, activation="relu")(keras.layers.Flatten()(x))
+    logits = keras.layers.Dense(int(env.action_space.n))(x)
+    return keras.Model(inp, [logits, keras.layers.Dense(1)(x)])
+
+
+def pong_trainer(steps: int, port_begin: int):
+    """A3C on Pong with 2 workers x 4 lockstep envs (8 in total), SB3 A2C's n_steps=5."""
+    return make_trainer("a3c", env_maker=pong_env, state_to_input=channels_last,
+                        model_maker=nature_cnn_a3c, num_parallel=2, batch_size=4,
+                        rollout_maxlen=5, train_steps=steps, port_begin=port_begin, seed=0,
+                        opt_kwargs=dict(learning_rate=7e-4))
