@@ -159,7 +159,7 @@ def run_evaluator(ps_address: str, status_port: int, verbose: bool) -> None:
     from drlbox.layers.noisy import synced_weights
     from drlbox.ops.fast_forward import make_predict_fn
     from drlbox.roles.evaluator import FollowingEvaluator, evaluation_policy
-    from drlbox.roles.worker import assign_weights
+    from drlbox.roles.worker import WeightAssigner
     from drlbox.rpc.parameter_server import ParameterClient
 
     params = ParameterClient(ps_address)
@@ -168,12 +168,11 @@ def run_evaluator(ps_address: str, status_port: int, verbose: bool) -> None:
     env = make_env(config.env_maker)
     algorithm = make_algorithm(config, env.action_space)
     model = make_model(config, env, algorithm)
-    variables = synced_weights(model)
     state = {"state": "running", "counters": {}}
     server = _status_server(status_port, "evaluator", job.job_id, state)
     policy = evaluation_policy(env.action_space, "greedy", 0.0)
     evaluator = FollowingEvaluator(params, env, make_predict_fn(model),
-                                   lambda arrays: assign_weights(variables, arrays), policy,
+                                   WeightAssigner(synced_weights(model)), policy,
                                    config, None if config.seed is None else config.seed + 7)
     state["counters"] = {"evaluations": evaluator.run()}
     state["state"] = "done"

@@ -47,7 +47,9 @@ class ParameterServer:
         self._synced = synced_weights(model)
         self._optimizer = make_optimizer(config)
         self._optimizer.build(self._variables)
-        self._apply = tf.function(self._apply_gradients, reduce_retracing=True)
+        # A concrete function: no per-call signature matching on the parameter server's hot path.
+        self._apply = tf.function(self._apply_gradients).get_concrete_function(
+            *[tf.TensorSpec(v.shape, v.dtype) for v in self._variables])
         self._lock = threading.Lock()
         self._aux_kind = aux_kind
         self._weights = [v.numpy() for v in self._synced]
@@ -88,7 +90,7 @@ class ParameterServer:
             if not np.all(np.isfinite(grad)):
                 raise GradientError(f"gradient for {var.path} has NaN or infinite values")
 
-    def _apply_gradients(self, gradients: list) -> tf.Tensor:
+    def _apply_gradients(self, *gradients) -> tf.Tensor:
         clipped, norm = tf.clip_by_global_norm(gradients, self.config.opt_clip_norm)
         self._optimizer.apply_gradients(zip(clipped, self._variables))
         return norm
@@ -118,7 +120,7 @@ class ParameterServer:
                 return PushResult(self.version, self.global_steps, True)
             scalars = {}
             if gradients:
-                norm = self._apply([tf.convert_to_tensor(g) for g in gradients])
+                norm = self._apply(*gradients)
                 self._after_update()
                 self._stats = {**report.stats, "grad_norm": float(norm),
                                "staleness": float(self.version - 1 - base_version)}

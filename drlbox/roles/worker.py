@@ -29,10 +29,25 @@ def _identity(obs: Any) -> Any:
     return obs
 
 
-def assign_weights(variables: list, arrays: list) -> None:
-    """Copy arrays into variables (same order, as from `synced_weights`)."""
-    for var, value in zip(variables, arrays):
-        var.assign(value)
+class WeightAssigner:
+    """Copies weight arrays into variables (in `synced_weights` order) in one compiled call.
+
+    One eager `assign` costs ~0.15 ms; a graph assigning all variables costs about as much as
+    one, which matters when weights change before every batch.
+    """
+
+    def __init__(self, variables: list):
+        self.variables = variables
+        # A concrete function skips tf.function's per-call signature matching (~0.3 ms here).
+        self._assign = tf.function(self._assign_all).get_concrete_function(
+            *[tf.TensorSpec(v.shape, v.dtype) for v in variables])
+
+    def _assign_all(self, *values) -> None:
+        for var, value in zip(self.variables, values):
+            var.assign(value)
+
+    def __call__(self, arrays: list) -> None:
+        self._assign(*arrays)
 
 
 class GradientStep:
@@ -41,7 +56,7 @@ class GradientStep:
     def __init__(self, algorithm: Any, model: keras.Model, aux_model: keras.Model | None):
         self.algorithm, self.model, self.aux_model = algorithm, model, aux_model
         self.variables = list(model.trainable_variables)
-        self._step = tf.function(self._compute, reduce_retracing=True)
+        self._step = None         # a concrete function, made for the first batch's dtypes
 
     def _compute(self, batch: dict):
         with tf.GradientTape() as tape:
@@ -50,7 +65,15 @@ class GradientStep:
         grads = [tf.zeros_like(v) if g is None else g for g, v in zip(grads, self.variables)]
         return grads, out.stats, out.priorities
 
+    @staticmethod
+    def _spec(batch: dict[str, np.ndarray]) -> dict:
+        # Time and list counts vary between batches; everything else is fixed.
+        return {key: tf.TensorSpec((None,) * (1 if key == "weights" else 2) + value.shape[
+            1 if key == "weights" else 2:], value.dtype) for key, value in batch.items()}
+
     def __call__(self, batch: dict[str, np.ndarray]) -> tuple[list, dict, np.ndarray]:
+        if self._step is None:
+            self._step = tf.function(self._compute).get_concrete_function(self._spec(batch))
         grads, stats, priorities = self._step(batch)
         return ([g.numpy() for g in grads], {k: float(v) for k, v in stats.items()},
                 priorities.numpy())
@@ -69,8 +92,8 @@ class RolloutWorker:
         self.aux_model = None
         if self.algorithm.aux_kind:
             self.aux_model = keras.models.clone_model(self.model)
-        self.synced = synced_weights(self.model)
-        self.aux_synced = synced_weights(self.aux_model) if self.aux_model else []
+        self.assign = WeightAssigner(synced_weights(self.model))
+        self.assign_aux = WeightAssigner(synced_weights(self.aux_model)) if self.aux_model else None
         self.noisy = bool(noisy_layers(self.model))
         self.predict = make_predict_fn(self.model)
         self.collector = Collector(
@@ -88,10 +111,10 @@ class RolloutWorker:
         update = self.params.get_weights(self.version, self.aux_version)
         if update is None:
             return
-        assign_weights(self.synced, update.weights)
+        self.assign(update.weights)
         self.version = update.version
         if update.aux is not None:
-            assign_weights(self.aux_synced, update.aux)
+            self.assign_aux(update.aux)
             self.aux_version = update.aux_version
         if self.noisy:
             resample_noise(self.model)
@@ -103,7 +126,6 @@ class RolloutWorker:
         return WorkerReport(self.index, steps, returns, lengths, self._stats)
 
     def _learn(self, lists: list, weights: np.ndarray | None = None) -> tuple[PushResult, np.ndarray]:
-        self.sync()
         batch = pack_lists(lists, self.config.discount, weights)
         grads, self._stats, priorities = self.gradient_step(batch)
         result = self.params.push(grads, self.version, self._report())
@@ -130,6 +152,7 @@ class RolloutWorker:
             sample = self.replay.sample(self.config.batch_size)
             if sample is None:
                 break
+            self.sync()                 # learn from replay with the freshest weights
             result, priorities = self._learn(sample.lists, sample.weights)
             self.replay.update_priorities(sample.keys, priorities)
             if result.stop:

@@ -6,6 +6,7 @@ from concurrent import futures
 from typing import Callable, Iterable
 
 import grpc
+import grpc.experimental
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 PROTOCOL_VERSION = "1"
@@ -103,7 +104,9 @@ class _ProtocolClientInterceptor(grpc.UnaryUnaryClientInterceptor,
 def make_channel(address: str) -> grpc.Channel:
     """A channel to a drlbox role, with our limits, retries and protocol metadata."""
     channel = grpc.insecure_channel(address, options=_OPTIONS + [
-        ("grpc.service_config", _SERVICE_CONFIG), ("grpc.enable_retries", 1)])
+        ("grpc.service_config", _SERVICE_CONFIG), ("grpc.enable_retries", 1),
+        # Without it every server-streaming call (weight pulls) starts a thread: ~1 ms each.
+        (grpc.experimental.ChannelOptions.SingleThreadedUnaryStream, 1)])
     return grpc.intercept_channel(channel, _ProtocolClientInterceptor())
 
 
