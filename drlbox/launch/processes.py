@@ -126,12 +126,12 @@ def run_worker(ps_address: str, replay_address: str | None, index: int, status_p
     server = _status_server(status_port, f"worker-{index}", job.job_id, state)
     worker = RolloutWorker(config, params, replay, index, seed)
     state["state"] = "running"
-    while True:
-        result = worker.run_once()
-        state["counters"] = {"env_steps": worker.total_steps, "pushes": worker.pushes,
-                             "weights_version": worker.version}
-        if result.stop:
-            break
+
+    def publish(w: RolloutWorker) -> None:
+        state["counters"] = {"env_steps": w.total_steps, "pushes": w.pushes,
+                             "weights_version": w.version}
+
+    worker.run(after_batch=publish)
     state["state"] = "done"
     server.stop(grace=0.5).wait()
 

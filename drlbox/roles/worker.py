@@ -8,6 +8,7 @@ so one inference call serves them all.
 from __future__ import annotations
 
 import logging
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import keras
@@ -79,6 +80,39 @@ class GradientStep:
                 priorities.numpy())
 
 
+class AsyncPusher:
+    """Sends pushes from a background thread with at most one in flight, so the worker collects
+    its next batch while the parameter server applies the last one (asynchronous, as A3C is).
+
+    `push` answers with the reply to the previous push: a stop is seen one batch later.
+    """
+
+    def __init__(self, params: ParameterPeer):
+        self.params = params
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="push")
+        self._pending: Future | None = None
+        self.last = PushResult(-1, 0, False)
+
+    def push(self, gradients: list | None, base_version: int, report: WorkerReport) -> PushResult:
+        """Queue this push; return the newest reply received so far."""
+        self.wait()
+        self._pending = self._pool.submit(self.params.push, gradients, base_version, report)
+        return self.last
+
+    def wait(self) -> PushResult:
+        """Block until the push in flight is answered (its error, if any, is raised here)."""
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            self.last = pending.result()
+        return self.last
+
+    def close(self) -> PushResult:
+        """Finish the push in flight and stop the thread."""
+        result = self.wait()
+        self._pool.shutdown()
+        return result
+
+
 class RolloutWorker:
     """One rollout worker; peers are passed in, so it runs with or without the network."""
 
@@ -101,6 +135,7 @@ class RolloutWorker:
             lambda outputs, steps: self.algorithm.act(outputs, self.rng, steps),
             config.rollout_maxlen, self.algorithm.behaviour_size, seed)
         self.gradient_step = GradientStep(self.algorithm, self.model, self.aux_model)
+        self.pusher = AsyncPusher(params)
         self.version = self.aux_version = -1
         self.total_steps = 0
         self.pushes = 0
@@ -128,7 +163,7 @@ class RolloutWorker:
     def _learn(self, lists: list, weights: np.ndarray | None = None) -> tuple[PushResult, np.ndarray]:
         batch = pack_lists(lists, self.config.discount, weights)
         grads, self._stats, priorities = self.gradient_step(batch)
-        result = self.params.push(grads, self.version, self._report())
+        result = self.pusher.push(grads, self.version, self._report())
         self.pushes += 1
         return result, priorities
 
@@ -142,7 +177,7 @@ class RolloutWorker:
         if self.replay is not None and not (result and result.stop):
             result = self._replay(lists) or result
         if result is None:              # nothing learned yet: still report the env steps
-            result = self.params.push(None, self.version, self._report())
+            result = self.pusher.push(None, self.version, self._report())
         return result
 
     def _replay(self, lists: list) -> PushResult | None:
@@ -159,10 +194,12 @@ class RolloutWorker:
                 break
         return result
 
-    def run(self) -> int:
+    def run(self, after_batch: Any = None) -> int:
         """Work until the parameter server says stop; returns this worker's env steps."""
         while not self.run_once().stop:
-            pass
+            if after_batch is not None:
+                after_batch(self)
+        self.pusher.close()
         log.info("worker %d done after %d env steps, %d pushes", self.index, self.total_steps,
                  self.pushes)
         return self.total_steps
