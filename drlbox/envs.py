@@ -1,6 +1,7 @@
 """Environments at the front door: build from the user's maker, adapt old Gym APIs, check spaces."""
 from __future__ import annotations
 
+import importlib.util
 from typing import Any, Callable
 
 import gymnasium
@@ -61,9 +62,26 @@ def convert_space(space: Any) -> spaces.Space:
     raise TypeError(f"cannot adapt a space of type {kind}; drlbox supports Discrete and Box")
 
 
+def _call_maker(env_maker: Callable[[], Any]) -> Any:
+    """Call env_maker; register ale-py's envs if it asks for an unknown 'ALE/...' env.
+
+    Role processes run the user's makers without the script's module-level code, so a
+    `gymnasium.register_envs(ale_py)` at the top of the script never ran there.
+    """
+    try:
+        return env_maker()
+    except gymnasium.error.NamespaceNotFound as err:
+        if "ALE" not in str(err) or importlib.util.find_spec("ale_py") is None:
+            raise
+        import ale_py
+
+        gymnasium.register_envs(ale_py)
+        return env_maker()
+
+
 def make_env(env_maker: Callable[[], Any]) -> gymnasium.Env:
     """Call env_maker and return a checked Gymnasium env (old Gym-API envs are adapted)."""
-    env = env_maker()
+    env = _call_maker(env_maker)
     if isinstance(env, gymnasium.Env):
         pass
     elif hasattr(env, "reset") and hasattr(env, "step") and hasattr(env, "action_space"):

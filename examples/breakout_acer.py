@@ -1,11 +1,13 @@
 """ACER on Atari Breakout with the Nature CNN: the original drlbox Atari example.
 
     python examples/breakout_acer.py [--steps N] [--num-parallel K] [--save-dir DIR]
+                                     [--port-begin P]
 
 The environment is Gymnasium's own Atari stack: 84x84 grey frames, 4 frames skipped per action,
-a life lost ends the episode ("episodic life"), rewards clipped to their sign, and the last 4
-frames stacked. ale-py's wheels carry the ROMs. The makers live at module level so that other
-code (the tests) can import them; training only starts when the file is run.
+a life lost ends the episode ("episodic life"; Gymnasium's reset then starts a new game, so
+returns count one life), rewards clipped to their sign, and the last 4 frames stacked. ale-py's
+wheels carry the ROMs. The makers live at module level so that other code (the tests) can
+import them; training only starts when the file is run.
 """
 import argparse
 import os
@@ -18,11 +20,12 @@ from gymnasium.wrappers import AtariPreprocessing, FrameStackObservation, Transf
 
 from drlbox.trainer import make_trainer
 
-gymnasium.register_envs(ale_py)
-
 
 def make_env():
     """Breakout, preprocessed as in the DQN/A3C papers; observations are (4, 84, 84) uint8."""
+    # Registered here, not at import: drlbox's role processes run this function (pickled)
+    # without executing this script's module-level code.
+    gymnasium.register_envs(ale_py)
     env = gymnasium.make("ALE/Breakout-v5", frameskip=1, repeat_action_probability=0.0)
     env = AtariPreprocessing(env, frame_skip=4, screen_size=84, grayscale_obs=True,
                              terminal_on_life_loss=True)
@@ -56,6 +59,7 @@ if __name__ == "__main__":
     parser.add_argument("--num-parallel", type=int, default=os.cpu_count() or 1,
                         help="number of worker processes")
     parser.add_argument("--save-dir", default="breakout_acer", help="where models are saved")
+    parser.add_argument("--port-begin", type=int, default=2220, help="first port of the run")
     args = parser.parse_args()
 
     trainer = make_trainer(
@@ -64,6 +68,7 @@ if __name__ == "__main__":
         state_to_input=state_to_input,
         model_maker=make_model,
         num_parallel=args.num_parallel,
+        port_begin=args.port_begin,
         train_steps=args.steps,
         rollout_maxlen=20,
         batch_size=1,

@@ -220,3 +220,21 @@ def test_old_box_with_scalar_bounds_keeps_shape():
     ScalarBox.__name__ = "Box"
     space = convert_space(ScalarBox())
     assert space.shape == (3,) and space.dtype == np.float32
+
+
+def test_ale_envs_are_registered_on_demand():
+    pytest = __import__("pytest")
+    pytest.importorskip("ale_py")
+    import gymnasium
+
+    from drlbox.envs import make_env
+    # A fresh registry without ALE, as in a role process that never ran the user's script.
+    saved = {k: v for k, v in gymnasium.envs.registry.items() if k.startswith("ALE/")}
+    for key in saved:
+        del gymnasium.envs.registry[key]
+    try:
+        env = make_env(lambda: gymnasium.make("ALE/Pong-v5"))
+        assert env.action_space.n == 6
+        env.close()
+    finally:
+        gymnasium.envs.registry.update(saved)

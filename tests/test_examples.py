@@ -55,3 +55,23 @@ def test_breakout_acer_runs_saves_and_evaluates(tmp_path):
             load_model=str(path), num_episodes=1, policy_type=policy_type, seed=0,
         ).run().returns
         assert len(returns) == 1 and returns[0] >= 0.0
+
+
+@pytest.mark.slow
+def test_pendulum_a3c_learns(tmp_path):
+    """150k steps of the example's settings lift the greedy mean return far beyond noise.
+
+    Measured (10 greedy episodes on the same start states; seeds 0-3, 5 runs): untrained -1188
+    to -1285, after 150k steps -212 to -278 (gains of 910-1050, about 25-50 s of training).
+    Runs that have not learned the swing-up (30k-60k steps) gain 20-220.
+    """
+    import pendulum_a3c
+
+    before = pendulum_a3c.greedy_mean_return(
+        pendulum_a3c.save_untrained_model(str(tmp_path / "untrained.keras"), seed=0))
+    result = pendulum_a3c.train(str(tmp_path), 150_000, seed=0, port_begin=4340)
+    assert result.state == "done", result.message
+    assert not result.failed_roles
+    after = pendulum_a3c.greedy_mean_return(str(tmp_path / "model_final.keras"))
+    assert before < -900, f"the untrained policy already does well: {before:.1f}"
+    assert after > before + 400, f"greedy mean return {before:.1f} -> {after:.1f}"
