@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import numpy as np
+
 ALGORITHMS = ("a3c", "acer", "impala", "dqn")
 REPLAY_TYPES = (None, "uniform", "prioritized")
 NOISYNET_TYPES = (None, "ig", "fg")
@@ -139,18 +141,12 @@ def _reject_unknown(kwargs: dict, allowed: set, what: str) -> None:
 
 
 def _is_int(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, _np_bool()))
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
 
 
 def _is_number(value: Any) -> bool:
-    return (isinstance(value, numbers.Real) and not isinstance(value, (bool, _np_bool()))
+    return (isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
             and math.isfinite(value))
-
-
-def _np_bool() -> type:
-    import numpy as np
-
-    return np.bool_
 
 
 def _plain_numbers(kwargs: dict) -> dict:

@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from drlbox.algorithms.base import (Algorithm, LossOutput, dense, forward, masked_mean,
                                     per_list_mean, policy_value_model)
+from drlbox.envs import is_continuous
 from drlbox.ops.returns import lambda_returns
 
 
@@ -20,7 +21,7 @@ class A3C(Algorithm):
     continuous_ok = True
 
     def output_spec(self):
-        units = self.num_actions * (2 if self.dist.__name__ == "DiagGaussian" else 1)
+        units = self.num_actions * (2 if is_continuous(self.action_space) else 1)
         return [("logits", units), ("value", 1)]
 
     def build_model(self, inputs, feature):
