@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import grpc
+
 from drlbox.jobs import Job
 from drlbox.launch.progress import Progress
 from drlbox.rpc.server import PortInUseError, wait_healthy
@@ -154,7 +156,12 @@ class LocalRun:
         try:
             while True:
                 self._check_roles(failed, progress, client)
-                status = client.status()
+                try:
+                    status = client.status()
+                except grpc.RpcError:
+                    # The server may have died after the check above: say so plainly.
+                    self._check_roles(failed, progress, client)
+                    raise
                 progress.update(status)
                 if not status.running:
                     break
