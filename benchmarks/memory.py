@@ -35,7 +35,8 @@ def role_memory(port_begin: int) -> dict[str, dict[str, int]]:
         fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
         name = args[args.index("drlbox.launch.role") + 1]
         if name == "worker":
-            name += "-" + args[-1].split('"index": ')[1].split(",")[0]
+            spec = next(a for a in args if a.startswith("{"))
+            name += "-" + spec.split('"index": ')[1].split(",")[0]
         found[name] = {"rss": int(fields["VmRSS"].split()[0]),
                        "peak": int(fields["VmHWM"].split()[0])}
     return found
