@@ -20,9 +20,11 @@ setup(
         "tqdm>=4.60",
         "tensorboard>=2.16",      # tf.summary scalars; TensorFlow no longer installs it
     ],
+    entry_points={"console_scripts": ["drlbox=drlbox.cli:main"]},
     extras_require={
         "atari": ["ale-py>=0.10", "opencv-python-headless>=4.8"],
-        "dev": ["pytest>=8", "pytest-timeout>=2", "grpcio-tools==1.85.1"],
+        "dev": ["pytest>=8", "pytest-timeout>=2", "grpcio-tools==1.85.1", "pyyaml>=6",
+                "kubernetes-validate>=1.30"],
         "bench": ["torch==2.13.0", "stable-baselines3==2.9.2", "matplotlib>=3.7"],
     },
 )

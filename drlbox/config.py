@@ -294,3 +294,11 @@ def evaluator_config(algorithm: str, **kwargs: Any) -> EvaluatorConfig:
           "a number in [0, 1]")
     _need(cfg.seed is None or _is_int(cfg.seed), "seed", cfg.seed, "None or an integer")
     return cfg
+
+
+def check_trainer_config(cfg: Any) -> None:
+    """Re-check a TrainerConfig that crossed a process boundary (e.g. submitted to a cluster)."""
+    if not isinstance(cfg, TrainerConfig):
+        raise TypeError(f"expected a drlbox TrainerConfig, got {type(cfg).__name__}")
+    check_algorithm(cfg.algorithm)
+    _check_trainer(cfg)

@@ -20,7 +20,7 @@ from drlbox.roles.param_server import ParameterServer
 from drlbox.rpc import serde
 from drlbox.rpc.generated import parameter_server_pb2 as pb
 from drlbox.rpc.generated import parameter_server_pb2_grpc as pb_grpc
-from drlbox.rpc.parameter_server import ParameterClient, add_parameter_server
+from drlbox.rpc.parameter_server import ParameterClient, SingleJob, add_parameter_server
 from drlbox.rpc.server import PROTOCOL_KEY, make_channel, make_server
 
 TIMEOUT = 30.0
@@ -62,7 +62,7 @@ def start(algorithm="a3c", **kwargs):
     env.close()
     job = Job.new(cfg)
     ps = ParameterServer(job.job_id, cfg, model, alg.aux_kind)
-    server, port = make_server(0, [add_parameter_server(ps, job)])
+    server, port = make_server(0, [add_parameter_server(SingleJob(job, ps))])
     address = f"127.0.0.1:{port}"
     client = ParameterClient(address, job.job_id, timeout=TIMEOUT)
     return types.SimpleNamespace(cfg=cfg, model=model, job=job, ps=ps, server=server,
@@ -116,13 +116,21 @@ def test_weights_round_trip_exactly(a3c):
 def test_get_weights_newer_than_current_is_none_until_a_push(a3c):
     current = a3c.client.get_weights(-1).version
     assert a3c.client.get_weights(newer_than=current) is None
-    assert a3c.client.get_weights(newer_than=current + 5) is None
     result = a3c.client.push(small_gradients(a3c.model), current, WorkerReport(env_steps=1))
     assert result.version == current + 1
     update = a3c.client.get_weights(newer_than=current)
     assert update is not None and update.version == current + 1
     assert_bitwise_equal(update.weights, model_weights(a3c.model))
     assert a3c.client.get_weights(newer_than=update.version) is None
+
+
+def test_caller_ahead_of_the_server_gets_its_weights(a3c):
+    """A worker that outlived a parameter server restart holds a newer version than the resumed
+    server: it must be sent the server's weights, not told nothing changed."""
+    current = a3c.client.get_weights(-1).version
+    update = a3c.client.get_weights(newer_than=current + 5)
+    assert update is not None and update.version == current
+    assert_bitwise_equal(update.weights, model_weights(a3c.model))
 
 
 def test_push_of_correct_gradients_changes_weights_and_bumps_version(a3c):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from drlbox.replay import PrioritizedReplay, UniformReplay
-from drlbox.roles.replay import ReplayService
+from drlbox.roles.replay import ReplayTable
 from drlbox.rpc import serde
 from drlbox.rpc.generated import replay_pb2 as pb
 from drlbox.rpc.generated import replay_pb2_grpc as pb_grpc
@@ -21,8 +21,9 @@ TIMEOUT = 30.0
 
 
 def start(memory):
-    service = ReplayService(memory)
-    server, port = make_server(0, [add_replay(service, JOB_ID)])
+    table = ReplayTable(lambda other_job: None, JOB_ID, memory)
+    service = table.for_job(JOB_ID)
+    server, port = make_server(0, [add_replay(table)])
     address = f"127.0.0.1:{port}"
     channel = make_channel(address)
     return types.SimpleNamespace(

@@ -41,7 +41,7 @@ def _watch_parent() -> None:
     threading.Thread(target=watch, daemon=True, name="parent-watch").start()
 
 
-def _limit_tf_threads() -> None:
+def limit_tf_threads() -> None:
     """Import TF with one thread per pool (roles run side by side on few cores), quietly.
 
     TensorFlow's C++ start-up lines (oneDNN, CUDA probing) ignore TF_CPP_MIN_LOG_LEVEL, so
@@ -72,39 +72,50 @@ def _serve_until_terminated(server: Any, on_term: Any = None) -> None:
     server.stop(grace=2.0).wait()
 
 
-def run_parameter_server(job_id: str, job_bytes: bytes, port: int, verbose: bool) -> None:
-    """The parameter server process: build the model, serve until terminated."""
-    _child_setup(verbose, "parameter-server")
-    _limit_tf_threads()
+def build_parameter_server(job: Any, resume_file: str | None = None) -> Any:
+    """The job's ParameterServer role: its model built from the job's makers."""
     import keras
 
     from drlbox.algorithms import make_algorithm, make_model
     from drlbox.envs import make_env
-    from drlbox.jobs import Job
     from drlbox.roles.param_server import ParameterServer
-    from drlbox.rpc.parameter_server import add_parameter_server
-    from drlbox.rpc.server import make_server
 
-    job = Job.decode(job_id, job_bytes)
     config = job.config
     if config.seed is not None:
         keras.utils.set_random_seed(config.seed)
     env = make_env(config.env_maker)
-    algorithm = make_algorithm(config, env.action_space)
-    server_role = ParameterServer(job.job_id, config, make_model(config, env, algorithm),
-                                  algorithm.aux_kind)
-    env.close()
-    server, _ = make_server(port, [add_parameter_server(server_role, job)])
+    try:
+        algorithm = make_algorithm(config, env.action_space)
+        return ParameterServer(job.job_id, config, make_model(config, env, algorithm),
+                               algorithm.aux_kind, resume_file=resume_file)
+    finally:
+        env.close()
+
+
+def run_parameter_server(job_id: str, job_bytes: bytes, port: int, verbose: bool) -> None:
+    """The parameter server process: build the model, serve until terminated."""
+    _child_setup(verbose, "parameter-server")
+    limit_tf_threads()
+    from drlbox.jobs import Job
+    from drlbox.rpc.parameter_server import SingleJob, add_parameter_server
+    from drlbox.rpc.server import make_server
+
+    job = Job.decode(job_id, job_bytes)
+    server_role = build_parameter_server(job)
+    server, _ = make_server(port, [add_parameter_server(SingleJob(job, server_role))])
     log.info("parameter server for job %s on port %d", job.job_id, port)
     _serve_until_terminated(server, lambda: server_role.stop("parameter server terminated"))
 
 
-def _status_server(port: int, role: str, job_id: str, state: dict):
+def status_server(port: int, role: str, state: dict, host: str = "127.0.0.1",
+                  security: Any = None):
+    """Serve the role's status ({'state', 'job_id', 'counters'}, updated in place) and health."""
     from drlbox.rpc.server import make_server
     from drlbox.rpc.status import add_role_status
 
     server, _ = make_server(port, [add_role_status(
-        lambda: (role, state["state"], job_id, state["counters"]))])
+        lambda: (role, state["state"], state["job_id"], state["counters"]))],
+        host=host, security=security)
     return server
 
 
@@ -112,7 +123,7 @@ def run_worker(ps_address: str, replay_address: str | None, index: int, status_p
                verbose: bool) -> None:
     """A rollout worker process: fetch the job, work until the parameter server says stop."""
     _child_setup(verbose, f"worker-{index}")
-    _limit_tf_threads()
+    limit_tf_threads()
     from drlbox.roles.worker import RolloutWorker
     from drlbox.rpc.parameter_server import ParameterClient
     from drlbox.rpc.replay import ReplayClient
@@ -122,8 +133,8 @@ def run_worker(ps_address: str, replay_address: str | None, index: int, status_p
     config = job.config
     replay = ReplayClient(replay_address, job.job_id) if replay_address else None
     seed = None if config.seed is None else config.seed * 1009 + index + 1
-    state = {"state": "starting", "counters": {}}
-    server = _status_server(status_port, f"worker-{index}", job.job_id, state)
+    state = {"state": "starting", "job_id": job.job_id, "counters": {}}
+    server = status_server(status_port, f"worker-{index}", state)
     worker = RolloutWorker(config, params, replay, index, seed)
     state["state"] = "running"
 
@@ -141,39 +152,45 @@ def run_replay(job_id: str, replay_type: str, replay_kwargs: dict, port: int,
     """The replay server process (no TensorFlow)."""
     _child_setup(verbose, "replay")
     from drlbox.replay import make_replay
-    from drlbox.roles.replay import ReplayService
+    from drlbox.roles.replay import ReplayTable
     from drlbox.rpc.replay import add_replay
     from drlbox.rpc.server import make_server
 
-    service = ReplayService(make_replay(replay_type, seed=seed, **replay_kwargs))
-    server, _ = make_server(port, [add_replay(service, job_id)])
+    table = ReplayTable(lambda other_job: None, job_id,
+                        make_replay(replay_type, seed=seed, **replay_kwargs))
+    server, _ = make_server(port, [add_replay(table)])
     _serve_until_terminated(server)
 
 
-def run_evaluator(ps_address: str, status_port: int, verbose: bool) -> None:
-    """An evaluator process following a training run."""
-    _child_setup(verbose, "evaluator")
-    _limit_tf_threads()
+def make_following_evaluator(params: Any, job: Any) -> Any:
+    """A FollowingEvaluator for the job, pulling weights from `params`."""
     from drlbox.algorithms import make_algorithm, make_model
     from drlbox.envs import make_env
     from drlbox.layers.noisy import synced_weights
     from drlbox.ops.fast_forward import make_predict_fn
     from drlbox.roles.evaluator import FollowingEvaluator, evaluation_policy
     from drlbox.roles.worker import WeightAssigner
-    from drlbox.rpc.parameter_server import ParameterClient
 
-    params = ParameterClient(ps_address)
-    job = params.fetch_job()
     config = job.config
     env = make_env(config.env_maker)
     algorithm = make_algorithm(config, env.action_space)
     model = make_model(config, env, algorithm)
-    state = {"state": "running", "counters": {}}
-    server = _status_server(status_port, "evaluator", job.job_id, state)
     policy = evaluation_policy(env.action_space, "greedy", 0.0)
-    evaluator = FollowingEvaluator(params, env, make_predict_fn(model),
-                                   WeightAssigner(synced_weights(model)), policy,
-                                   config, None if config.seed is None else config.seed + 7)
-    state["counters"] = {"evaluations": evaluator.run()}
+    return FollowingEvaluator(params, env, make_predict_fn(model),
+                              WeightAssigner(synced_weights(model)), policy,
+                              config, None if config.seed is None else config.seed + 7)
+
+
+def run_evaluator(ps_address: str, status_port: int, verbose: bool) -> None:
+    """An evaluator process following a training run."""
+    _child_setup(verbose, "evaluator")
+    limit_tf_threads()
+    from drlbox.rpc.parameter_server import ParameterClient
+
+    params = ParameterClient(ps_address)
+    job = params.fetch_job()
+    state = {"state": "running", "job_id": job.job_id, "counters": {}}
+    server = status_server(status_port, "evaluator", state)
+    state["counters"] = {"evaluations": make_following_evaluator(params, job).run()}
     state["state"] = "done"
     server.stop(grace=0.5).wait()

@@ -1,6 +1,7 @@
 """The small interfaces roles use to reach their peers, in-process or over gRPC alike."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol, Sequence
 
@@ -54,6 +55,9 @@ class Checkpoint:
     train_seconds: float
 
 
+FINISHED_STATES = ("done", "stopped", "cancelled", "failed")
+
+
 @dataclass
 class JobStatus:
     """Progress of a job as the parameter server sees it."""
@@ -73,11 +77,32 @@ class JobStatus:
     evaluations: list = field(default_factory=list)
     checkpoints: list = field(default_factory=list)
     stats: dict = field(default_factory=dict)
+    recent_returns: list = field(default_factory=list)   # the last <= 100 training episodes
+    resumed_from_steps: int = 0     # > 0 when a restarted parameter server resumed the job
+    queue_position: int = 0         # 1-based while queued in a cluster
+    algorithm: str = ""
 
     @property
     def running(self) -> bool:
         """True until the job is done or stopped."""
         return self.state == "running"
+
+    def to_dict(self) -> dict:
+        """Plain data for JSON."""
+        return dataclasses.asdict(self)
+
+    @staticmethod
+    def from_dict(data: dict) -> "JobStatus":
+        """Inverse of `to_dict`."""
+        data = dict(data)
+        data["evaluations"] = [Evaluation(**e) for e in data.get("evaluations", [])]
+        data["checkpoints"] = [Checkpoint(**c) for c in data.get("checkpoints", [])]
+        return JobStatus(**data)
+
+    @property
+    def finished(self) -> bool:
+        """True once the job will not run (any more): done, stopped, cancelled or failed."""
+        return self.state in FINISHED_STATES
 
 
 class ReplaySample(NamedTuple):

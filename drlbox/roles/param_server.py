@@ -8,7 +8,10 @@ steps. It knows nothing of gRPC: `drlbox.rpc.parameter_server` serves it.
 from __future__ import annotations
 
 import collections
+import dataclasses
+import json
 import logging
+import os
 import threading
 import time
 from typing import Any, Sequence
@@ -23,6 +26,8 @@ from drlbox.roles.interfaces import (Checkpoint, Evaluation, JobStatus, PushResu
                                      WorkerReport)
 
 log = logging.getLogger(__name__)
+# What a resumed job carries over besides weights and optimizer state.
+_RESUMED_COUNTERS = ("version", "aux_version", "global_steps", "updates", "episodes")
 
 
 def make_optimizer(config: Any) -> keras.optimizers.Optimizer:
@@ -39,7 +44,8 @@ class GradientError(ValueError):
 class ParameterServer:
     """Holds the job's weights and applies gradients; thread-safe."""
 
-    def __init__(self, job_id: str, config: Any, model: keras.Model, aux_kind: str | None):
+    def __init__(self, job_id: str, config: Any, model: keras.Model, aux_kind: str | None,
+                 resume_file: str | None = None):
         self.job_id = job_id
         self.config = config
         self.model = model
@@ -67,15 +73,25 @@ class ParameterServer:
         self._next_save = config.save_interval
         self._scalars = ScalarLog(config.save_dir)
         self.state, self.message = "running", ""
+        # With a resume file each checkpoint also records the optimizer state and counters,
+        # so a restarted parameter server (cluster mode) goes on where it left off.
+        self._resume_file = resume_file
+        self.resumed_from_steps = 0
+        if resume_file and os.path.exists(resume_file):
+            self._restore(resume_file)
 
     # --- weights -----------------------------------------------------------------------
     def get_weights(self, newer_than: int, aux_newer_than: int = -1) -> WeightsUpdate | None:
-        """The current weight set when newer than the caller's version, else None."""
+        """The current weight set unless the caller already has this version, else None.
+
+        A caller *ahead* of the server gets the weights too: the server was restarted from a
+        checkpoint and the caller must drop the weights it holds.
+        """
         with self._lock:
-            if self.version <= newer_than and (self._aux is None
-                                               or self.aux_version <= aux_newer_than):
+            if self.version == newer_than and (self._aux is None
+                                               or self.aux_version == aux_newer_than):
                 return None
-            aux = self._aux if self._aux is not None and self.aux_version > aux_newer_than \
+            aux = self._aux if self._aux is not None and self.aux_version != aux_newer_than \
                 else None
             return WeightsUpdate(self.version, self._weights, self.aux_version, aux)
 
@@ -186,6 +202,47 @@ class ParameterServer:
         save_model_atomically(self.model, path)
         self._checkpoints = [c for c in self._checkpoints if c.path != path]
         self._checkpoints.append(Checkpoint(path, self.global_steps, self._train_seconds()))
+        if self._resume_file:
+            self._save_resume_state(path)
+
+    def save_now(self) -> None:
+        """Checkpoint the running job (weights, optimizer, counters) without ending it."""
+        with self._lock:
+            if self.state == "running" and self.config.save_dir:
+                self._save(checkpoint_path(self.config.save_dir, self.global_steps))
+
+    def _save_resume_state(self, model_path: str) -> None:
+        state = {f"optimizer_{i}": np.asarray(v) for i, v in
+                 enumerate(self._optimizer.variables)}
+        if self._aux is not None:
+            state.update({f"aux_{i}": a for i, a in enumerate(self._aux)})
+        counters = {name: getattr(self, name) for name in _RESUMED_COUNTERS}
+        counters["train_seconds"] = self._train_seconds()
+        counters["checkpoints"] = [dataclasses.astuple(c) for c in self._checkpoints]
+        state["meta"] = np.array(json.dumps({"model_path": model_path, **counters}))
+        tmp = f"{self._resume_file}.tmp.npz"
+        np.savez(tmp, **state)
+        os.replace(tmp, self._resume_file)
+
+    def _restore(self, resume_file: str) -> None:
+        """Load weights, optimizer state and counters saved by `_save_resume_state`."""
+        with np.load(resume_file) as state:
+            meta = json.loads(str(state["meta"]))
+            self.model.load_weights(meta["model_path"])
+            for i, variable in enumerate(self._optimizer.variables):
+                variable.assign(state[f"optimizer_{i}"])
+            if self._aux is not None:
+                self._aux = [state[f"aux_{i}"] for i in range(len(self._aux))]
+        for name in _RESUMED_COUNTERS:
+            setattr(self, name, int(meta[name]))
+        self._weights = [v.numpy() for v in self._synced]
+        self._checkpoints = [Checkpoint(*c) for c in meta["checkpoints"]]
+        self._first_report = time.monotonic() - meta["train_seconds"]
+        interval = self.config.save_interval
+        self._next_save = (self.global_steps // interval + 1) * interval
+        self.resumed_from_steps = self.global_steps
+        log.info("job %s resumed from %s at %d env steps", self.job_id, meta["model_path"],
+                 self.global_steps)
 
     def _train_seconds(self) -> float:
         return 0.0 if self._first_report is None else time.monotonic() - self._first_report
@@ -202,4 +259,5 @@ class ParameterServer:
                 wall_seconds=time.monotonic() - self._start,
                 train_seconds=self._train_seconds(),
                 evaluations=list(self._evaluations), checkpoints=list(self._checkpoints),
-                stats=dict(self._stats))
+                stats=dict(self._stats), recent_returns=list(self._recent_returns),
+                resumed_from_steps=self.resumed_from_steps, algorithm=self.config.algorithm)

@@ -1,6 +1,7 @@
 """gRPC service and client for the parameter server role; each call decodes, delegates, encodes."""
 from __future__ import annotations
 
+import json
 import threading
 from typing import Iterator, Sequence
 
@@ -13,6 +14,7 @@ from drlbox.roles.interfaces import (Checkpoint, Evaluation, JobStatus, PushResu
 from drlbox.rpc import serde
 from drlbox.rpc.generated import parameter_server_pb2 as pb
 from drlbox.rpc.generated import parameter_server_pb2_grpc as pb_grpc
+from drlbox.rpc.security import Security
 from drlbox.rpc.server import make_channel
 
 CALL_TIMEOUT = 120.0
@@ -25,7 +27,9 @@ def status_to_proto(s: JobStatus) -> pb.JobStatus:
         train_steps=s.train_steps, updates=s.updates, version=s.version, episodes=s.episodes,
         recent_return=s.recent_return, steps_per_sec=s.steps_per_sec,
         wall_seconds=s.wall_seconds, train_seconds=s.train_seconds,
-        stats=s.stats,
+        stats=s.stats, recent_returns=s.recent_returns,
+        resumed_from_steps=s.resumed_from_steps, queue_position=s.queue_position,
+        algorithm=s.algorithm,
         checkpoints=[pb.Checkpoint(path=c.path, global_steps=c.global_steps,
                                    train_seconds=c.train_seconds) for c in s.checkpoints],
         evaluations=[pb.Evaluation(global_steps=e.global_steps, mean_return=e.mean_return,
@@ -40,7 +44,9 @@ def status_from_proto(m: pb.JobStatus) -> JobStatus:
         train_steps=m.train_steps, updates=m.updates, version=m.version, episodes=m.episodes,
         recent_return=m.recent_return, steps_per_sec=m.steps_per_sec,
         wall_seconds=m.wall_seconds, train_seconds=m.train_seconds,
-        stats=dict(m.stats),
+        stats=dict(m.stats), recent_returns=list(m.recent_returns),
+        resumed_from_steps=m.resumed_from_steps, queue_position=m.queue_position,
+        algorithm=m.algorithm,
         checkpoints=[Checkpoint(c.path, c.global_steps, c.train_seconds) for c in m.checkpoints],
         evaluations=[Evaluation(e.global_steps, e.mean_return, e.episodes, e.wall_seconds)
                      for e in m.evaluations])
@@ -59,33 +65,75 @@ def report_from_proto(m: pb.WorkerReport) -> WorkerReport:
                         list(m.episode_lengths), dict(m.stats))
 
 
+class SingleJob:
+    """The job table of a local run: one job whose parameter server is always there."""
+
+    def __init__(self, job: Job, server):
+        self.job, self.server = job, server
+        self._workers = 0
+        self._lock = threading.Lock()
+
+    def running(self) -> tuple[Job, object] | None:
+        """(job, parameter server) of the running job."""
+        return self.job, self.server
+
+    def server_for(self, job_id: str):
+        """The parameter server of job_id while it runs here, else None."""
+        return self.server if job_id == self.job.job_id else None
+
+    def next_worker_index(self, job_id: str) -> int:
+        """A fresh index for a caller joining the job."""
+        with self._lock:
+            self._workers += 1
+            return self._workers - 1
+
+
 class ParameterServerServicer(pb_grpc.ParameterServerServicer):
-    """Serves a `drlbox.roles.param_server.ParameterServer` and the job it runs."""
+    """Serves the running job's `drlbox.roles.param_server.ParameterServer`.
 
-    def __init__(self, server, job: Job):
-        self.server, self.job = server, job
-        self._job_bytes = job.encode()
+    `jobs` is the job table: `SingleJob` locally, `drlbox.roles.job_host.JobHost` in a cluster.
+    """
+
+    def __init__(self, jobs):
+        self.jobs = jobs
         self._cache_lock = threading.Lock()
-        self._cache: tuple = (None, b"")     # (key, encoded WeightSet) of the last pull
+        self._job_bytes: tuple = (None, b"")    # (job_id, encoded job) of the running job
+        self._cache: tuple = (None, b"")        # (key, encoded WeightSet) of the last pull
 
-    def _check_job(self, job_id: str, context: grpc.ServicerContext) -> None:
-        if job_id != self.job.job_id:
-            context.abort(grpc.StatusCode.NOT_FOUND,
-                          f"job {job_id!r} is not known here; this parameter server runs job "
-                          f"{self.job.job_id!r}")
+    def _server(self, job_id: str, context: grpc.ServicerContext):
+        server = self.jobs.server_for(job_id)
+        if server is None:
+            running = self.jobs.running()
+            where = (f"this parameter server runs job {running[0].job_id!r}" if running
+                     else "no job runs here now")
+            context.abort(grpc.StatusCode.NOT_FOUND, f"job {job_id!r} is not running; {where}")
+        return server
+
+    def _encoded_job(self, job: Job) -> bytes:
+        with self._cache_lock:
+            if self._job_bytes[0] != job.job_id:
+                self._job_bytes = (job.job_id, job.encode())
+            return self._job_bytes[1]
 
     def GetJob(self, request, context) -> Iterator[pb.JobChunk]:
         try:
             check_python_version(request.python_version, who="the caller")
         except RuntimeError as err:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(err))
-        for i, piece in enumerate(serde.split_chunks(self._job_bytes)):
-            yield (pb.JobChunk(job_id=self.job.job_id, config_json=self.job.settings_json(),
-                               makers=piece) if i == 0 else pb.JobChunk(makers=piece))
+        running = self.jobs.running()
+        if running is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, "no job runs here now; waiting for one")
+        job = running[0]
+        data = self._encoded_job(job)
+        index = self.jobs.next_worker_index(job.job_id)
+        for i, piece in enumerate(serde.split_chunks(data)):
+            yield (pb.JobChunk(job_id=job.job_id, config_json=job.settings_json(),
+                               makers=piece, worker_index=index) if i == 0
+                   else pb.JobChunk(makers=piece))
 
-    def _encoded(self, update: WeightsUpdate) -> bytes:
+    def _encoded(self, job_id: str, update: WeightsUpdate) -> bytes:
         # Several workers pull the same version: encode it once.
-        key = (update.version, update.aux_version if update.aux is not None else None)
+        key = (job_id, update.version, update.aux_version if update.aux is not None else None)
         with self._cache_lock:
             if self._cache[0] == key:
                 return self._cache[1]
@@ -98,11 +146,11 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
         return data
 
     def GetWeights(self, request, context) -> Iterator[pb.WeightsChunk]:
-        self._check_job(request.job_id, context)
-        update = self.server.get_weights(request.newer_than, request.aux_newer_than)
+        server = self._server(request.job_id, context)
+        update = server.get_weights(request.newer_than, request.aux_newer_than)
         if update is None:
             return
-        for piece in serde.split_chunks(self._encoded(update)):
+        for piece in serde.split_chunks(self._encoded(request.job_id, update)):
             yield pb.WeightsChunk(version=update.version, aux_version=update.aux_version,
                                   data=piece)
 
@@ -110,11 +158,11 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
         first = next(request_iterator, None)
         if first is None:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "empty gradient push")
-        self._check_job(first.job_id, context)
+        server = self._server(first.job_id, context)
         data = serde.join_chunks([first.data] + [c.data for c in request_iterator])
         try:
             gradients = serde.decode_arrays(data) if data else None
-            result = self.server.push(gradients, first.base_version,
+            result = server.push(gradients, first.base_version,
                                       report_from_proto(first.report))
         except ValueError as err:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"gradients refused: {err}")
@@ -122,38 +170,50 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
                             stop=result.stop)
 
     def ReportEvaluation(self, request, context) -> pb.PushReply:
-        self._check_job(request.job_id, context)
-        result = self.server.report_evaluation(request.global_steps, list(request.returns))
+        result = self._server(request.job_id, context).report_evaluation(request.global_steps, list(request.returns))
         return pb.PushReply(version=result.version, global_steps=result.global_steps,
                             stop=result.stop)
 
     def GetStatus(self, request, context) -> pb.JobStatus:
         if request.job_id:
-            self._check_job(request.job_id, context)
-        return status_to_proto(self.server.status())
+            return status_to_proto(self._server(request.job_id, context).status())
+        running = self.jobs.running()
+        if running is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, "no job runs here now")
+        return status_to_proto(running[1].status())
 
     def Stop(self, request, context) -> pb.JobStatus:
-        self._check_job(request.job_id, context)
-        self.server.stop(request.reason or "stopped on request")
-        return status_to_proto(self.server.status())
+        server = self._server(request.job_id, context)
+        server.stop(request.reason or "stopped on request")
+        return status_to_proto(server.status())
 
 
 class ParameterClient:
     """The parameter server over gRPC, with the same methods as the in-process object."""
 
-    def __init__(self, address: str, job_id: str | None = None, timeout: float = CALL_TIMEOUT):
+    def __init__(self, address: str, job_id: str | None = None, timeout: float = CALL_TIMEOUT,
+                 security: Security | None = None):
         self.address = address
-        self.channel = make_channel(address)
+        self.channel = make_channel(address, security)
         self.stub = pb_grpc.ParameterServerStub(self.channel)
         self.job_id = job_id
         self.timeout = timeout
 
     def fetch_job(self) -> Job:
-        """The job this server runs (its makers unpickled here)."""
+        """The job this server runs (its makers unpickled here); sets `worker_index`."""
         chunks = list(self.stub.GetJob(pb.JobRequest(python_version=python_version()),
                                        timeout=self.timeout))
         self.job_id = chunks[0].job_id
+        self.worker_index = chunks[0].worker_index
         return Job.decode(self.job_id, serde.join_chunks(c.makers for c in chunks))
+
+    def fetch_settings(self) -> tuple[str, dict]:
+        """(job_id, plain settings) of the running job, without unpickling its makers."""
+        call = self.stub.GetJob(pb.JobRequest(python_version=python_version()),
+                                timeout=self.timeout)
+        first = next(call)
+        call.cancel()
+        return first.job_id, json.loads(first.config_json)
 
     def get_weights(self, newer_than: int, aux_newer_than: int = -1) -> WeightsUpdate | None:
         chunks = list(self.stub.GetWeights(
@@ -203,7 +263,7 @@ class ParameterClient:
         self.channel.close()
 
 
-def add_parameter_server(server, job: Job):
-    """A `make_server` hook that registers the parameter server service."""
+def add_parameter_server(jobs):
+    """A `make_server` hook that registers the parameter server service for a job table."""
     return lambda grpc_server: pb_grpc.add_ParameterServerServicer_to_server(
-        ParameterServerServicer(server, job), grpc_server)
+        ParameterServerServicer(jobs), grpc_server)

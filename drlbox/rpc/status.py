@@ -5,6 +5,7 @@ from typing import Callable
 
 from drlbox.rpc.generated import status_pb2 as pb
 from drlbox.rpc.generated import status_pb2_grpc as pb_grpc
+from drlbox.rpc.security import Security
 from drlbox.rpc.server import make_channel
 
 StatusFn = Callable[[], tuple[str, str, str, dict]]   # -> (role, state, job_id, counters)
@@ -28,7 +29,8 @@ def add_role_status(status_fn: StatusFn):
         RoleStatusServicer(status_fn), grpc_server)
 
 
-def get_role_status(address: str, timeout: float = 10.0) -> pb.RoleStatusReply:
+def get_role_status(address: str, timeout: float = 10.0,
+                    security: Security | None = None) -> pb.RoleStatusReply:
     """Ask the role at address for its status."""
-    with make_channel(address) as channel:
+    with make_channel(address, security) as channel:
         return pb_grpc.RoleStatusStub(channel).Get(pb.RoleStatusRequest(), timeout=timeout)

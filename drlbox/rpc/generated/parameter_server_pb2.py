@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from drlbox.rpc.generated import tensor_pb2 as drlbox_dot_v1_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n drlbox/v1/parameter_server.proto\x12\tdrlbox.v1\x1a\x16\x64rlbox/v1/tensor.proto\"$\n\nJobRequest\x12\x16\n\x0epython_version\x18\x01 \x01(\t\"?\n\x08JobChunk\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63onfig_json\x18\x02 \x01(\t\x12\x0e\n\x06makers\x18\x03 \x01(\x0c\"L\n\x0eWeightsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\nnewer_than\x18\x02 \x01(\x03\x12\x16\n\x0e\x61ux_newer_than\x18\x03 \x01(\x03\"B\n\x0cWeightsChunk\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x13\n\x0b\x61ux_version\x18\x02 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"V\n\tWeightSet\x12%\n\x06online\x18\x01 \x01(\x0b\x32\x15.drlbox.v1.TensorList\x12\"\n\x03\x61ux\x18\x02 \x01(\x0b\x32\x15.drlbox.v1.TensorList\"\xc4\x01\n\x0cWorkerReport\x12\x0e\n\x06worker\x18\x01 \x01(\x05\x12\x11\n\tenv_steps\x18\x02 \x01(\x03\x12\x17\n\x0f\x65pisode_returns\x18\x03 \x03(\x02\x12\x17\n\x0f\x65pisode_lengths\x18\x04 \x03(\x03\x12\x31\n\x05stats\x18\x05 \x03(\x0b\x32\".drlbox.v1.WorkerReport.StatsEntry\x1a,\n\nStatsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\"m\n\x0eGradientsChunk\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x14\n\x0c\x62\x61se_version\x18\x02 \x01(\x03\x12\'\n\x06report\x18\x03 \x01(\x0b\x32\x17.drlbox.v1.WorkerReport\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"@\n\tPushReply\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x14\n\x0cglobal_steps\x18\x02 \x01(\x03\x12\x0c\n\x04stop\x18\x03 \x01(\x08\"I\n\x10\x45valuationReport\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x14\n\x0cglobal_steps\x18\x02 \x01(\x03\x12\x0f\n\x07returns\x18\x03 \x03(\x02\"\x1f\n\rStatusRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"-\n\x0bStopRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"_\n\nEvaluation\x12\x14\n\x0cglobal_steps\x18\x01 \x01(\x03\x12\x13\n\x0bmean_return\x18\x02 \x01(\x02\x12\x10\n\x08\x65pisodes\x18\x03 \x01(\x05\x12\x14\n\x0cwall_seconds\x18\x04 \x01(\x01\"G\n\nCheckpoint\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x14\n\x0cglobal_steps\x18\x02 \x01(\x03\x12\x15\n\rtrain_seconds\x18\x03 \x01(\x01\"\xab\x03\n\tJobStatus\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x14\n\x0cglobal_steps\x18\x04 \x01(\x03\x12\x13\n\x0btrain_steps\x18\x05 \x01(\x03\x12\x0f\n\x07updates\x18\x06 \x01(\x03\x12\x0f\n\x07version\x18\x07 \x01(\x03\x12\x10\n\x08\x65pisodes\x18\x08 \x01(\x03\x12\x15\n\rrecent_return\x18\t \x01(\x02\x12\x15\n\rsteps_per_sec\x18\n \x01(\x02\x12\x14\n\x0cwall_seconds\x18\x0b \x01(\x01\x12*\n\x0b\x65valuations\x18\x0c \x03(\x0b\x32\x15.drlbox.v1.Evaluation\x12*\n\x0b\x63heckpoints\x18\r \x03(\x0b\x32\x15.drlbox.v1.Checkpoint\x12.\n\x05stats\x18\x0e \x03(\x0b\x32\x1f.drlbox.v1.JobStatus.StatsEntry\x12\x15\n\rtrain_seconds\x18\x0f \x01(\x01\x1a,\n\nStatsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\x32\x8b\x03\n\x0fParameterServer\x12\x36\n\x06GetJob\x12\x15.drlbox.v1.JobRequest\x1a\x13.drlbox.v1.JobChunk0\x01\x12\x42\n\nGetWeights\x12\x19.drlbox.v1.WeightsRequest\x1a\x17.drlbox.v1.WeightsChunk0\x01\x12\x42\n\rPushGradients\x12\x19.drlbox.v1.GradientsChunk\x1a\x14.drlbox.v1.PushReply(\x01\x12\x45\n\x10ReportEvaluation\x12\x1b.drlbox.v1.EvaluationReport\x1a\x14.drlbox.v1.PushReply\x12;\n\tGetStatus\x12\x18.drlbox.v1.StatusRequest\x1a\x14.drlbox.v1.JobStatus\x12\x34\n\x04Stop\x12\x16.drlbox.v1.StopRequest\x1a\x14.drlbox.v1.JobStatusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n drlbox/v1/parameter_server.proto\x12\tdrlbox.v1\x1a\x16\x64rlbox/v1/tensor.proto\"$\n\nJobRequest\x12\x16\n\x0epython_version\x18\x01 \x01(\t\"U\n\x08JobChunk\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63onfig_json\x18\x02 \x01(\t\x12\x0e\n\x06makers\x18\x03 \x01(\x0c\x12\x14\n\x0cworker_index\x18\x04 \x01(\x05\"L\n\x0eWeightsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x12\n\nnewer_than\x18\x02 \x01(\x03\x12\x16\n\x0e\x61ux_newer_than\x18\x03 \x01(\x03\"B\n\x0cWeightsChunk\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x13\n\x0b\x61ux_version\x18\x02 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"V\n\tWeightSet\x12%\n\x06online\x18\x01 \x01(\x0b\x32\x15.drlbox.v1.TensorList\x12\"\n\x03\x61ux\x18\x02 \x01(\x0b\x32\x15.drlbox.v1.TensorList\"\xc4\x01\n\x0cWorkerReport\x12\x0e\n\x06worker\x18\x01 \x01(\x05\x12\x11\n\tenv_steps\x18\x02 \x01(\x03\x12\x17\n\x0f\x65pisode_returns\x18\x03 \x03(\x02\x12\x17\n\x0f\x65pisode_lengths\x18\x04 \x03(\x03\x12\x31\n\x05stats\x18\x05 \x03(\x0b\x32\".drlbox.v1.WorkerReport.StatsEntry\x1a,\n\nStatsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\"m\n\x0eGradientsChunk\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x14\n\x0c\x62\x61se_version\x18\x02 \x01(\x03\x12\'\n\x06report\x18\x03 \x01(\x0b\x32\x17.drlbox.v1.WorkerReport\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"@\n\tPushReply\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x14\n\x0cglobal_steps\x18\x02 \x01(\x03\x12\x0c\n\x04stop\x18\x03 \x01(\x08\"I\n\x10\x45valuationReport\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x14\n\x0cglobal_steps\x18\x02 \x01(\x03\x12\x0f\n\x07returns\x18\x03 \x03(\x02\"\x1f\n\rStatusRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"-\n\x0bStopRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"_\n\nEvaluation\x12\x14\n\x0cglobal_steps\x18\x01 \x01(\x03\x12\x13\n\x0bmean_return\x18\x02 \x01(\x02\x12\x10\n\x08\x65pisodes\x18\x03 \x01(\x05\x12\x14\n\x0cwall_seconds\x18\x04 \x01(\x01\"G\n\nCheckpoint\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x14\n\x0cglobal_steps\x18\x02 \x01(\x03\x12\x15\n\rtrain_seconds\x18\x03 \x01(\x01\"\x8a\x04\n\tJobStatus\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x14\n\x0cglobal_steps\x18\x04 \x01(\x03\x12\x13\n\x0btrain_steps\x18\x05 \x01(\x03\x12\x0f\n\x07updates\x18\x06 \x01(\x03\x12\x0f\n\x07version\x18\x07 \x01(\x03\x12\x10\n\x08\x65pisodes\x18\x08 \x01(\x03\x12\x15\n\rrecent_return\x18\t \x01(\x02\x12\x15\n\rsteps_per_sec\x18\n \x01(\x02\x12\x14\n\x0cwall_seconds\x18\x0b \x01(\x01\x12*\n\x0b\x65valuations\x18\x0c \x03(\x0b\x32\x15.drlbox.v1.Evaluation\x12*\n\x0b\x63heckpoints\x18\r \x03(\x0b\x32\x15.drlbox.v1.Checkpoint\x12.\n\x05stats\x18\x0e \x03(\x0b\x32\x1f.drlbox.v1.JobStatus.StatsEntry\x12\x15\n\rtrain_seconds\x18\x0f \x01(\x01\x12\x16\n\x0erecent_returns\x18\x10 \x03(\x02\x12\x1a\n\x12resumed_from_steps\x18\x11 \x01(\x03\x12\x16\n\x0equeue_position\x18\x12 \x01(\x05\x12\x11\n\talgorithm\x18\x13 \x01(\t\x1a,\n\nStatsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\x32\x8b\x03\n\x0fParameterServer\x12\x36\n\x06GetJob\x12\x15.drlbox.v1.JobRequest\x1a\x13.drlbox.v1.JobChunk0\x01\x12\x42\n\nGetWeights\x12\x19.drlbox.v1.WeightsRequest\x1a\x17.drlbox.v1.WeightsChunk0\x01\x12\x42\n\rPushGradients\x12\x19.drlbox.v1.GradientsChunk\x1a\x14.drlbox.v1.PushReply(\x01\x12\x45\n\x10ReportEvaluation\x12\x1b.drlbox.v1.EvaluationReport\x1a\x14.drlbox.v1.PushReply\x12;\n\tGetStatus\x12\x18.drlbox.v1.StatusRequest\x1a\x14.drlbox.v1.JobStatus\x12\x34\n\x04Stop\x12\x16.drlbox.v1.StopRequest\x1a\x14.drlbox.v1.JobStatusb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,35 +39,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_JOBREQUEST']._serialized_start=71
   _globals['_JOBREQUEST']._serialized_end=107
   _globals['_JOBCHUNK']._serialized_start=109
-  _globals['_JOBCHUNK']._serialized_end=172
-  _globals['_WEIGHTSREQUEST']._serialized_start=174
-  _globals['_WEIGHTSREQUEST']._serialized_end=250
-  _globals['_WEIGHTSCHUNK']._serialized_start=252
-  _globals['_WEIGHTSCHUNK']._serialized_end=318
-  _globals['_WEIGHTSET']._serialized_start=320
-  _globals['_WEIGHTSET']._serialized_end=406
-  _globals['_WORKERREPORT']._serialized_start=409
-  _globals['_WORKERREPORT']._serialized_end=605
-  _globals['_WORKERREPORT_STATSENTRY']._serialized_start=561
-  _globals['_WORKERREPORT_STATSENTRY']._serialized_end=605
-  _globals['_GRADIENTSCHUNK']._serialized_start=607
-  _globals['_GRADIENTSCHUNK']._serialized_end=716
-  _globals['_PUSHREPLY']._serialized_start=718
-  _globals['_PUSHREPLY']._serialized_end=782
-  _globals['_EVALUATIONREPORT']._serialized_start=784
-  _globals['_EVALUATIONREPORT']._serialized_end=857
-  _globals['_STATUSREQUEST']._serialized_start=859
-  _globals['_STATUSREQUEST']._serialized_end=890
-  _globals['_STOPREQUEST']._serialized_start=892
-  _globals['_STOPREQUEST']._serialized_end=937
-  _globals['_EVALUATION']._serialized_start=939
-  _globals['_EVALUATION']._serialized_end=1034
-  _globals['_CHECKPOINT']._serialized_start=1036
-  _globals['_CHECKPOINT']._serialized_end=1107
-  _globals['_JOBSTATUS']._serialized_start=1110
-  _globals['_JOBSTATUS']._serialized_end=1537
-  _globals['_JOBSTATUS_STATSENTRY']._serialized_start=561
-  _globals['_JOBSTATUS_STATSENTRY']._serialized_end=605
-  _globals['_PARAMETERSERVER']._serialized_start=1540
-  _globals['_PARAMETERSERVER']._serialized_end=1935
+  _globals['_JOBCHUNK']._serialized_end=194
+  _globals['_WEIGHTSREQUEST']._serialized_start=196
+  _globals['_WEIGHTSREQUEST']._serialized_end=272
+  _globals['_WEIGHTSCHUNK']._serialized_start=274
+  _globals['_WEIGHTSCHUNK']._serialized_end=340
+  _globals['_WEIGHTSET']._serialized_start=342
+  _globals['_WEIGHTSET']._serialized_end=428
+  _globals['_WORKERREPORT']._serialized_start=431
+  _globals['_WORKERREPORT']._serialized_end=627
+  _globals['_WORKERREPORT_STATSENTRY']._serialized_start=583
+  _globals['_WORKERREPORT_STATSENTRY']._serialized_end=627
+  _globals['_GRADIENTSCHUNK']._serialized_start=629
+  _globals['_GRADIENTSCHUNK']._serialized_end=738
+  _globals['_PUSHREPLY']._serialized_start=740
+  _globals['_PUSHREPLY']._serialized_end=804
+  _globals['_EVALUATIONREPORT']._serialized_start=806
+  _globals['_EVALUATIONREPORT']._serialized_end=879
+  _globals['_STATUSREQUEST']._serialized_start=881
+  _globals['_STATUSREQUEST']._serialized_end=912
+  _globals['_STOPREQUEST']._serialized_start=914
+  _globals['_STOPREQUEST']._serialized_end=959
+  _globals['_EVALUATION']._serialized_start=961
+  _globals['_EVALUATION']._serialized_end=1056
+  _globals['_CHECKPOINT']._serialized_start=1058
+  _globals['_CHECKPOINT']._serialized_end=1129
+  _globals['_JOBSTATUS']._serialized_start=1132
+  _globals['_JOBSTATUS']._serialized_end=1654
+  _globals['_JOBSTATUS_STATSENTRY']._serialized_start=583
+  _globals['_JOBSTATUS_STATSENTRY']._serialized_end=627
+  _globals['_PARAMETERSERVER']._serialized_start=1657
+  _globals['_PARAMETERSERVER']._serialized_end=2052
 # @@protoc_insertion_point(module_scope)

@@ -14,14 +14,16 @@ class JobRequest(_message.Message):
     def __init__(self, python_version: _Optional[str] = ...) -> None: ...
 
 class JobChunk(_message.Message):
-    __slots__ = ("job_id", "config_json", "makers")
+    __slots__ = ("job_id", "config_json", "makers", "worker_index")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
     MAKERS_FIELD_NUMBER: _ClassVar[int]
+    WORKER_INDEX_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     config_json: str
     makers: bytes
-    def __init__(self, job_id: _Optional[str] = ..., config_json: _Optional[str] = ..., makers: _Optional[bytes] = ...) -> None: ...
+    worker_index: int
+    def __init__(self, job_id: _Optional[str] = ..., config_json: _Optional[str] = ..., makers: _Optional[bytes] = ..., worker_index: _Optional[int] = ...) -> None: ...
 
 class WeightsRequest(_message.Message):
     __slots__ = ("job_id", "newer_than", "aux_newer_than")
@@ -141,7 +143,7 @@ class Checkpoint(_message.Message):
     def __init__(self, path: _Optional[str] = ..., global_steps: _Optional[int] = ..., train_seconds: _Optional[float] = ...) -> None: ...
 
 class JobStatus(_message.Message):
-    __slots__ = ("job_id", "state", "message", "global_steps", "train_steps", "updates", "version", "episodes", "recent_return", "steps_per_sec", "wall_seconds", "evaluations", "checkpoints", "stats", "train_seconds")
+    __slots__ = ("job_id", "state", "message", "global_steps", "train_steps", "updates", "version", "episodes", "recent_return", "steps_per_sec", "wall_seconds", "evaluations", "checkpoints", "stats", "train_seconds", "recent_returns", "resumed_from_steps", "queue_position", "algorithm")
     class StatsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -164,6 +166,10 @@ class JobStatus(_message.Message):
     CHECKPOINTS_FIELD_NUMBER: _ClassVar[int]
     STATS_FIELD_NUMBER: _ClassVar[int]
     TRAIN_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    RECENT_RETURNS_FIELD_NUMBER: _ClassVar[int]
+    RESUMED_FROM_STEPS_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_POSITION_FIELD_NUMBER: _ClassVar[int]
+    ALGORITHM_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     state: str
     message: str
@@ -179,4 +185,8 @@ class JobStatus(_message.Message):
     checkpoints: _containers.RepeatedCompositeFieldContainer[Checkpoint]
     stats: _containers.ScalarMap[str, float]
     train_seconds: float
-    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[str] = ..., message: _Optional[str] = ..., global_steps: _Optional[int] = ..., train_steps: _Optional[int] = ..., updates: _Optional[int] = ..., version: _Optional[int] = ..., episodes: _Optional[int] = ..., recent_return: _Optional[float] = ..., steps_per_sec: _Optional[float] = ..., wall_seconds: _Optional[float] = ..., evaluations: _Optional[_Iterable[_Union[Evaluation, _Mapping]]] = ..., checkpoints: _Optional[_Iterable[_Union[Checkpoint, _Mapping]]] = ..., stats: _Optional[_Mapping[str, float]] = ..., train_seconds: _Optional[float] = ...) -> None: ...
+    recent_returns: _containers.RepeatedScalarFieldContainer[float]
+    resumed_from_steps: int
+    queue_position: int
+    algorithm: str
+    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[str] = ..., message: _Optional[str] = ..., global_steps: _Optional[int] = ..., train_steps: _Optional[int] = ..., updates: _Optional[int] = ..., version: _Optional[int] = ..., episodes: _Optional[int] = ..., recent_return: _Optional[float] = ..., steps_per_sec: _Optional[float] = ..., wall_seconds: _Optional[float] = ..., evaluations: _Optional[_Iterable[_Union[Evaluation, _Mapping]]] = ..., checkpoints: _Optional[_Iterable[_Union[Checkpoint, _Mapping]]] = ..., stats: _Optional[_Mapping[str, float]] = ..., train_seconds: _Optional[float] = ..., recent_returns: _Optional[_Iterable[float]] = ..., resumed_from_steps: _Optional[int] = ..., queue_position: _Optional[int] = ..., algorithm: _Optional[str] = ...) -> None: ...

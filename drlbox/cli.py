@@ -1,0 +1,142 @@
+"""`drlbox ROLE`: run one role of a drlbox cluster, or check a role's health.
+
+Every flag has a DRLBOX_* environment variable (the flag wins), so containers are configured by
+their environment alone. Roles bound to anything but loopback need a token.
+"""
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import sys
+
+DEFAULT_PORTS = {"parameter-server": 50051, "worker": 50052, "replay": 50053,
+                 "evaluator": 50054}
+ROLE_HELP = {
+    "parameter-server": "hold weights and the job queue; serve the SDK (job control)",
+    "worker": "collect experience and push gradients for whichever job runs",
+    "replay": "hold the running job's replay memory (no TensorFlow)",
+    "evaluator": "evaluate the running job's newest weights every eval_interval steps",
+}
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(f"DRLBOX_{name}", default)
+
+
+def _add_security_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--token", default=_env("TOKEN"),
+                        help="shared secret every call must carry (DRLBOX_TOKEN)")
+    parser.add_argument("--token-file", default=_env("TOKEN_FILE"),
+                        help="file holding the token, e.g. a mounted secret (DRLBOX_TOKEN_FILE)")
+    parser.add_argument("--tls-ca", default=_env("TLS_CA"),
+                        help="PEM CA bundle to trust for TLS to peers (DRLBOX_TLS_CA)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `drlbox` command line."""
+    parser = argparse.ArgumentParser(prog="drlbox", description=__doc__.splitlines()[0])
+    roles = parser.add_subparsers(dest="role", required=True, metavar="ROLE")
+    for role, port in DEFAULT_PORTS.items():
+        sub = roles.add_parser(role, help=ROLE_HELP[role], description=ROLE_HELP[role])
+        sub.add_argument("--host", default=_env("HOST", "0.0.0.0"),
+                         help="address to listen on (DRLBOX_HOST, default 0.0.0.0)")
+        sub.add_argument("--port", type=int, default=int(_env("PORT", str(port))),
+                         help=f"port to listen on (DRLBOX_PORT, default {port})")
+        _add_security_flags(sub)
+        sub.add_argument("--tls-cert", default=_env("TLS_CERT"),
+                         help="PEM certificate: serve TLS only (DRLBOX_TLS_CERT)")
+        sub.add_argument("--tls-key", default=_env("TLS_KEY"),
+                         help="PEM key of --tls-cert (DRLBOX_TLS_KEY)")
+        sub.add_argument("--verbose", action="store_true",
+                         default=_env("VERBOSE", "0") not in ("0", "", "false"),
+                         help="log progress (DRLBOX_VERBOSE=1)")
+        if role == "parameter-server":
+            sub.add_argument("--data-dir", default=_env("DATA_DIR", "/data"),
+                             help="jobs and checkpoints; keep it on a volume (DRLBOX_DATA_DIR)")
+        else:
+            sub.add_argument("--ps", default=_env("PS_ADDRESS"),
+                             help="parameter server host:port (DRLBOX_PS_ADDRESS)")
+        if role == "worker":
+            sub.add_argument("--replay", default=_env("REPLAY_ADDRESS"),
+                             help="replay server host:port (DRLBOX_REPLAY_ADDRESS)")
+    health = roles.add_parser("health", help="exit 0 when the role at ADDRESS is serving")
+    health.add_argument("address", nargs="?",
+                        default=f"127.0.0.1:{_env('PORT', str(DEFAULT_PORTS['parameter-server']))}",
+                        help="host:port (default 127.0.0.1:$DRLBOX_PORT)")
+    health.add_argument("--timeout", type=float, default=5.0)
+    health.add_argument("--tls", action="store_true", default=bool(_env("TLS_CERT")),
+                        help="the role serves TLS (default: when DRLBOX_TLS_CERT is set)")
+    _add_security_flags(health)
+    return parser
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _endpoint(args: argparse.Namespace):
+    from drlbox.launch.cluster import Endpoint
+    from drlbox.rpc.security import Security
+
+    security = Security.from_files(token=args.token, token_file=args.token_file,
+                                   tls_cert=args.tls_cert, tls_key=args.tls_key,
+                                   tls_ca=args.tls_ca)
+    if not security.token and not _is_loopback(args.host):
+        raise ValueError(f"drlbox {args.role} would listen on {args.host} without a token: set "
+                         f"DRLBOX_TOKEN (or DRLBOX_TOKEN_FILE, or --token), or listen on "
+                         f"127.0.0.1 only")
+    if args.role != "parameter-server" and not args.ps:
+        raise ValueError(f"drlbox {args.role} needs the parameter server's address: set "
+                         f"DRLBOX_PS_ADDRESS or pass --ps host:port")
+    return Endpoint(args.host, args.port, security, getattr(args, "ps", None),
+                    getattr(args, "replay", None))
+
+
+def _health(args: argparse.Namespace) -> int:
+    from drlbox.rpc.security import Security
+    from drlbox.rpc.server import wait_healthy
+
+    security = Security.from_files(tls_ca=args.tls_ca)
+    if args.tls and not security.tls:
+        security = Security(tls=True)
+    healthy = wait_healthy(args.address, args.timeout, security)
+    print(f"{args.address}: {'SERVING' if healthy else 'NOT SERVING'}")
+    return 0 if healthy else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `drlbox` console command."""
+    args = build_parser().parse_args(argv)
+    if args.role == "health":
+        return _health(args)
+    from drlbox.launch import cluster
+
+    try:
+        endpoint = _endpoint(args)
+    except ValueError as err:
+        print(f"drlbox: {err}", file=sys.stderr)
+        return 2
+    cluster.setup_logging(args.role, args.verbose)
+    if args.role != "replay":
+        from drlbox.launch.processes import limit_tf_threads
+
+        limit_tf_threads()
+    if args.role == "parameter-server":
+        cluster.run_parameter_server(endpoint, args.data_dir)
+    elif args.role == "worker":
+        cluster.run_worker(endpoint)
+    elif args.role == "evaluator":
+        cluster.run_evaluator(endpoint)
+    else:
+        cluster.run_replay(endpoint)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

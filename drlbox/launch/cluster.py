@@ -1,0 +1,200 @@
+"""The roles in cluster mode: long-lived processes that serve whatever job is running.
+
+The parameter server hosts the job queue (`JobHost`) and job control for the SDK. Workers, the
+replay server and the evaluator start idle, poll the parameter server for a job, build what
+they need from its makers, work until it ends (or their connection to it is lost), and go back
+to idle. `drlbox.cli` starts them; nothing here imports TensorFlow at module level.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import grpc
+
+from drlbox.rpc.security import Security
+
+log = logging.getLogger(__name__)
+IDLE_POLL_SECONDS = 1.0
+# A worker may wait this long for a restarting parameter server before it gives up the job.
+CALL_TIMEOUT = 180.0
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where a role listens and how its peers are reached."""
+
+    host: str
+    port: int
+    security: Security
+    ps_address: str | None = None
+    replay_address: str | None = None
+
+
+def setup_logging(role: str, verbose: bool) -> None:
+    """One log line format for every role process."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
+                        format=f"%(asctime)s drlbox {role} %(levelname)s %(message)s")
+
+
+def _wait_for_termination() -> threading.Event:
+    """An event set by SIGTERM or SIGINT (docker stop, kubectl delete, Ctrl-C)."""
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+    return done
+
+
+def run_parameter_server(endpoint: Endpoint, data_dir: str) -> None:
+    """Serve job control and the running job's weights until terminated."""
+    from drlbox.launch.processes import build_parameter_server
+    from drlbox.roles.job_host import JobHost
+    from drlbox.rpc.job_control import add_job_control
+    from drlbox.rpc.parameter_server import add_parameter_server
+    from drlbox.rpc.server import make_server
+
+    done = _wait_for_termination()
+    host = JobHost(data_dir, build_parameter_server)
+    server, port = make_server(endpoint.port, [add_parameter_server(host), add_job_control(host)],
+                               host=endpoint.host, max_workers=16, security=endpoint.security)
+    log.warning("parameter server listening on %s:%d, jobs under %s", endpoint.host, port,
+                host.data_dir)
+    engine = threading.Thread(target=host.serve_forever, args=(done,), name="job-queue",
+                              daemon=True)
+    engine.start()
+    done.wait()
+    # Not the job's end: checkpoint it so that a restarted parameter server resumes it.
+    host.suspend()
+    server.stop(grace=2.0).wait()
+    engine.join(timeout=5.0)
+
+
+def _exit_now(signum: int, frame: Any) -> None:
+    raise SystemExit(0)
+
+
+def _idle_loop(role: str, endpoint: Endpoint, work: Callable[[Any, Any, dict], None]) -> None:
+    """Poll for a job, `work(params, job, state)` on it, go back to idle; forever."""
+    from drlbox.launch.processes import status_server
+    from drlbox.rpc.parameter_server import ParameterClient
+
+    state = {"state": "idle", "job_id": "", "counters": {}}
+    server = status_server(endpoint.port, role, state, host=endpoint.host,  # noqa: F841
+                           security=endpoint.security)   # keep a reference: GC would stop it
+    # A worker has nothing to save: stop at once, even mid-job (the job goes on without it).
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _exit_now)
+    finished: set[str] = set()
+    log.warning("%s idle, polling %s for a job", role, endpoint.ps_address)
+    while True:
+        params = ParameterClient(endpoint.ps_address, timeout=CALL_TIMEOUT,
+                                 security=endpoint.security)
+        try:
+            job = params.fetch_job()
+        except grpc.RpcError as err:
+            if err.code() not in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAVAILABLE,
+                                  grpc.StatusCode.DEADLINE_EXCEEDED):
+                log.warning("cannot fetch a job: %s", err.details())
+            params.close()
+            time.sleep(IDLE_POLL_SECONDS)
+            continue
+        if job.job_id in finished:
+            params.close()
+            time.sleep(IDLE_POLL_SECONDS)
+            continue
+        state.update(state="running", job_id=job.job_id, counters={})
+        log.warning("%s joined job %s", role, job.job_id)
+        try:
+            work(params, job, state)
+            finished.add(job.job_id)
+        except grpc.RpcError as err:
+            # The job may have ended or its parameter server restarted: look again.
+            log.warning("%s lost job %s (%s: %s); looking for work again", role, job.job_id,
+                        err.code().name, err.details())
+        except Exception:  # noqa: BLE001 - e.g. the user's env failing: keep the role alive
+            log.exception("%s failed on job %s; it will not rejoin that job", role, job.job_id)
+            finished.add(job.job_id)
+        finally:
+            params.close()
+            state.update(state="idle")
+
+
+def run_worker(endpoint: Endpoint) -> None:
+    """A rollout worker that trains on whichever job is running."""
+    from drlbox.roles.worker import RolloutWorker
+    from drlbox.rpc.replay import ReplayClient
+
+    def work(params: Any, job: Any, state: dict) -> None:
+        config = job.config
+        replay = None
+        if config.uses_replay:
+            if not endpoint.replay_address:
+                raise RuntimeError(f"job {job.job_id} uses replay but this worker has no replay "
+                                   f"address: set DRLBOX_REPLAY_ADDRESS")
+            replay = ReplayClient(endpoint.replay_address, job.job_id, timeout=CALL_TIMEOUT,
+                                  security=endpoint.security)
+        index = params.worker_index
+        seed = None if config.seed is None else config.seed * 1009 + index + 1
+        worker = RolloutWorker(config, params, replay, index, seed)
+
+        def publish(w: RolloutWorker) -> None:
+            state["counters"] = {"env_steps": w.total_steps, "pushes": w.pushes,
+                                 "weights_version": w.version}
+
+        try:
+            worker.run(after_batch=publish)
+        finally:
+            if replay is not None:
+                replay.close()
+
+    _idle_loop("worker", endpoint, work)
+
+
+def run_evaluator(endpoint: Endpoint) -> None:
+    """Evaluate whichever job is running, when it asks for evaluations (eval_interval)."""
+    from drlbox.launch.processes import make_following_evaluator
+
+    def work(params: Any, job: Any, state: dict) -> None:
+        if not job.config.eval_interval:
+            while params.status().running:      # nothing to do: wait for the job to end
+                time.sleep(IDLE_POLL_SECONDS)
+            return
+        state["counters"] = {"evaluations": make_following_evaluator(params, job).run()}
+
+    _idle_loop("evaluator", endpoint, work)
+
+
+def run_replay(endpoint: Endpoint) -> None:
+    """A replay server holding the running job's memory (no TensorFlow)."""
+    from drlbox.config import REPLAY_DEFAULTS
+    from drlbox.replay import make_replay
+    from drlbox.roles.replay import ReplayTable
+    from drlbox.rpc.parameter_server import ParameterClient
+    from drlbox.rpc.replay import add_replay
+    from drlbox.rpc.server import make_server
+
+    params = ParameterClient(endpoint.ps_address, timeout=30.0, security=endpoint.security)
+
+    def make_memory(job_id: str):
+        """A fresh memory for job_id when it is the job the parameter server runs."""
+        try:
+            running_id, settings = params.fetch_settings()
+        except grpc.RpcError:
+            return None
+        if running_id != job_id or not settings.get("replay_type"):
+            return None
+        log.warning("replay memory for job %s (%s)", job_id, settings["replay_type"])
+        return make_replay(settings["replay_type"], seed=settings.get("seed"),
+                           **{**REPLAY_DEFAULTS, **settings.get("replay_kwargs", {})})
+
+    done = _wait_for_termination()
+    server, port = make_server(endpoint.port, [add_replay(ReplayTable(make_memory))],
+                               host=endpoint.host, security=endpoint.security)
+    log.warning("replay server listening on %s:%d", endpoint.host, port)
+    done.wait()
+    server.stop(grace=1.0).wait()

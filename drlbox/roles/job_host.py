@@ -1,0 +1,247 @@
+"""The parameter server in cluster mode: submitted jobs queue and run one at a time, on disk.
+
+Under `data_dir/jobs/<job_id>/` each job keeps `job.bin` (its cloudpickled config, as
+submitted), `record.json` (state, message, final status) and `checkpoints/` (saved models,
+TensorBoard scalars, and `resume.npz`). A parameter server restarted on the same data_dir
+queues its queued jobs again and resumes the running one from its last checkpoint. It knows
+nothing of gRPC: `drlbox.rpc.job_control` serves it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import threading
+import time
+from typing import Any, Callable
+
+from drlbox.config import check_trainer_config
+from drlbox.jobs import Job
+from drlbox.roles.interfaces import Checkpoint, JobStatus
+
+log = logging.getLogger(__name__)
+MAX_JOB_BYTES = 64 << 20      # a job is makers and settings: anything near this is a mistake
+
+
+class JobRefused(ValueError):
+    """A submission that cannot become a job; nothing was queued."""
+
+
+class UnknownJob(KeyError):
+    """No job with that id was ever submitted here."""
+
+
+class JobHost:
+    """The job table and queue of a cluster's parameter server; thread-safe.
+
+    `build_server(job, resume_file)` makes the job's `ParameterServer` (TensorFlow work).
+    """
+
+    def __init__(self, data_dir: str, build_server: Callable[[Job, str], Any]):
+        self.data_dir = os.path.abspath(data_dir)
+        self._build_server = build_server
+        self._lock = threading.RLock()
+        self._records: dict[str, dict] = {}
+        self._queue: list[str] = []
+        self._current: tuple[Job, Any] | None = None
+        self._worker_counts: dict[str, int] = {}
+        self._load()
+
+    # --- submissions -------------------------------------------------------------------
+    def submit(self, data: bytes) -> JobStatus:
+        """Check and queue a cloudpickled TrainerConfig; raises JobRefused naming the problem."""
+        if len(data) > MAX_JOB_BYTES:
+            raise JobRefused(f"the job is {len(data)} bytes, over the {MAX_JOB_BYTES} byte "
+                             f"limit; keep data out of the makers and load it in the env")
+        try:
+            config = Job.decode("", data).config
+        except Exception as err:  # noqa: BLE001 - any unpickling failure is the submitter's
+            raise JobRefused(f"the job could not be loaded on the cluster "
+                             f"({type(err).__name__}: {err}); makers must only use modules "
+                             f"installed in the cluster's images") from None
+        try:
+            check_trainer_config(config)
+        except (TypeError, ValueError, FileNotFoundError) as err:
+            raise JobRefused(f"the job's settings are invalid: {err}") from None
+        job_id = Job.new(config).job_id
+        os.makedirs(self._job_dir(job_id))
+        _write_atomically(os.path.join(self._job_dir(job_id), "job.bin"), data)
+        with self._lock:
+            self._records[job_id] = {"job_id": job_id, "algorithm": config.algorithm,
+                                     "train_steps": config.train_steps, "state": "queued",
+                                     "message": "", "order": len(self._records),
+                                     "submitted_at": time.time(), "status": None}
+            self._queue.append(job_id)
+            self._save_record(job_id)
+        log.info("job %s queued (%d in the queue)", job_id, len(self._queue))
+        return self.status(job_id)
+
+    def cancel(self, job_id: str) -> JobStatus:
+        """Drop a queued job, or stop the running one (its workers go back to idle)."""
+        with self._lock:
+            record = self._record(job_id)
+            if job_id in self._queue:
+                self._queue.remove(job_id)
+                record.update(state="cancelled", message="cancelled before it started")
+                self._save_record(job_id)
+            elif self._current and self._current[0].job_id == job_id:
+                record["cancelled"] = True
+                self._current[1].stop("cancelled on request")
+                self._finish_current()
+            return self.status(job_id)
+
+    # --- what the servicers ask ----------------------------------------------------------
+    def running(self) -> tuple[Job, Any] | None:
+        """(job, parameter server) of the job being trained, or None when idle."""
+        with self._lock:
+            if self._current and self._current[1].state == "running":
+                return self._current
+            return None
+
+    def server_for(self, job_id: str) -> Any:
+        """The parameter server of job_id while it is the current job, else None."""
+        with self._lock:
+            if self._current and self._current[0].job_id == job_id:
+                return self._current[1]
+            return None
+
+    def next_worker_index(self, job_id: str) -> int:
+        """A fresh index for a role joining job_id (seeds and reports)."""
+        with self._lock:
+            index = self._worker_counts.get(job_id, 0)
+            self._worker_counts[job_id] = index + 1
+            return index
+
+    def status(self, job_id: str) -> JobStatus:
+        """The job's status, whatever its state; UnknownJob if never submitted here."""
+        with self._lock:
+            record = self._record(job_id)
+            if self._current and self._current[0].job_id == job_id:
+                return self._current[1].status()
+            if record["status"] is not None:
+                return JobStatus.from_dict(record["status"])
+            position = self._queue.index(job_id) + 1 if job_id in self._queue else 0
+            return JobStatus(job_id=job_id, state=record["state"], message=record["message"],
+                             train_steps=record["train_steps"], queue_position=position,
+                             algorithm=record["algorithm"])
+
+    def statuses(self) -> list[JobStatus]:
+        """Every job's status, oldest submission first."""
+        with self._lock:
+            order = sorted(self._records, key=lambda j: self._records[j]["order"])
+            return [self.status(job_id) for job_id in order]
+
+    def checkpoint(self, job_id: str, global_steps: int | None) -> Checkpoint:
+        """The newest checkpoint (global_steps None) or the one at global_steps."""
+        saved = self.status(job_id).checkpoints
+        if not saved:
+            raise LookupError(f"job {job_id!r} has no checkpoint yet")
+        if global_steps is None:
+            return max(enumerate(saved), key=lambda ic: (ic[1].global_steps, ic[0]))[1]
+        for checkpoint in saved:
+            if checkpoint.global_steps == global_steps:
+                return checkpoint
+        raise LookupError(f"job {job_id!r} has no checkpoint at {global_steps} steps; it has "
+                          f"{sorted({c.global_steps for c in saved})}")
+
+    # --- the queue's engine --------------------------------------------------------------
+    def serve_forever(self, stop: threading.Event, poll: float = 0.2) -> None:
+        """Start queued jobs one at a time and record how they end, until `stop` is set."""
+        while not stop.is_set():
+            self.step()
+            stop.wait(poll)
+
+    def step(self) -> None:
+        """Record the end of the current job; start the next queued one when idle."""
+        with self._lock:
+            if self._current and self._current[1].state != "running":
+                self._finish_current()
+            if self._current or not self._queue:
+                return
+            job_id = self._queue[0]
+        try:
+            job = self._load_job(job_id)
+            server = self._build_server(job, os.path.join(job.config.save_dir, "resume.npz"))
+        except Exception as err:  # noqa: BLE001 - a bad job must not stop the queue
+            log.exception("job %s failed to start", job_id)
+            with self._lock:
+                if job_id in self._queue:
+                    self._queue.remove(job_id)
+                self._records[job_id].update(
+                    state="failed", message=f"could not start: {type(err).__name__}: {err}")
+                self._save_record(job_id)
+            return
+        with self._lock:
+            if not self._queue or self._queue[0] != job_id:    # cancelled while building
+                return
+            self._queue.pop(0)
+            self._current = (job, server)
+            self._records[job_id].update(state="running", message="")
+            self._save_record(job_id)
+        log.info("job %s started%s", job_id, f" (resumed at {server.resumed_from_steps} steps)"
+                 if server.resumed_from_steps else "")
+
+    def suspend(self) -> None:
+        """Checkpoint the running job without ending it: a restart resumes it from here."""
+        with self._lock:
+            if self._current:
+                self._current[1].save_now()
+
+    def _finish_current(self) -> None:
+        job, server = self._current
+        record = self._records[job.job_id]
+        status = server.status()
+        if record.pop("cancelled", False):
+            status = dataclasses.replace(status, state="cancelled",
+                                         message="cancelled on request")
+        record.update(state=status.state, message=status.message, status=status.to_dict())
+        self._save_record(job.job_id)
+        self._current = None
+        log.info("job %s %s: %s", job.job_id, status.state, status.message)
+
+    # --- disk ----------------------------------------------------------------------------
+    def _job_dir(self, job_id: str) -> str:
+        return os.path.join(self.data_dir, "jobs", job_id)
+
+    def _record(self, job_id: str) -> dict:
+        try:
+            return self._records[job_id]
+        except KeyError:
+            raise UnknownJob(job_id) from None
+
+    def _load_job(self, job_id: str) -> Job:
+        with open(os.path.join(self._job_dir(job_id), "job.bin"), "rb") as f:
+            job = Job.decode(job_id, f.read())
+        # Checkpoints go to the cluster's volume, whatever save_dir meant on the submitter's side.
+        save_dir = os.path.join(self._job_dir(job_id), "checkpoints")
+        return Job(job_id, dataclasses.replace(job.config, save_dir=save_dir))
+
+    def _save_record(self, job_id: str) -> None:
+        path = os.path.join(self._job_dir(job_id), "record.json")
+        _write_atomically(path, json.dumps(self._records[job_id], default=str).encode())
+
+    def _load(self) -> None:
+        """Read the jobs a previous run of this parameter server left; requeue unfinished ones."""
+        root = os.path.join(self.data_dir, "jobs")
+        os.makedirs(root, exist_ok=True)
+        for job_id in os.listdir(root):
+            path = os.path.join(root, job_id, "record.json")
+            if os.path.exists(path):
+                with open(path) as f:
+                    self._records[job_id] = json.load(f)
+        pending = [j for j, r in self._records.items() if r["state"] in ("running", "queued")]
+        # The job that was running goes first; it resumes from its resume.npz.
+        pending.sort(key=lambda j: (self._records[j]["state"] != "running",
+                                    self._records[j]["order"]))
+        self._queue = pending
+        if pending:
+            log.info("found %d unfinished job(s) in %s: %s", len(pending), root,
+                     ", ".join(pending))
+
+
+def _write_atomically(path: str, data: bytes) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)

@@ -1,0 +1,272 @@
+"""The SDK against real cluster-mode roles on loopback (`python -m drlbox.cli ...` processes).
+
+Covers what a user of a running cluster does: submit (lambda makers), wait, read metrics,
+fetch and load a checkpoint, queue two jobs, cancel, and get refused without the token. The
+parameter-server restart test kills it mid-job and checks the job resumes and completes.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import grpc
+import pytest
+
+from drlbox.client import Client, ClusterUnavailable
+from drlbox.config import trainer_config
+from drlbox.jobs import python_version
+from drlbox.rpc.generated import job_control_pb2 as jc_pb
+from drlbox.rpc.generated import job_control_pb2_grpc as jc_grpc
+from drlbox.rpc.security import Security
+from drlbox.rpc.server import make_channel, wait_healthy
+from drlbox.rpc.status import get_role_status
+
+TOKEN = "test-token-7f3a"
+START_TIMEOUT = 120.0
+pytestmark = pytest.mark.slow
+
+
+def features(space):
+    import keras
+
+    inp = keras.Input(space.shape)
+    return inp, keras.layers.Dense(32, activation="tanh")(inp)
+
+
+def cartpole_job(**overrides):
+    """Small A3C CartPole settings; the env maker is a lambda (pickled by value)."""
+    import gymnasium
+
+    settings = dict(env_maker=lambda: gymnasium.make("CartPole-v1"), feature_maker=features,
+                    train_steps=4000, save_interval=1000, rollout_maxlen=8, batch_size=4,
+                    opt_kwargs={"learning_rate": 2e-3})
+    settings.update(overrides)
+    return settings
+
+
+class Cluster:
+    """Cluster-mode roles as processes on loopback, stopped on close()."""
+
+    def __init__(self, base_port: int, data_dir: str, workers: int = 2, replay: bool = False):
+        self.ps_port, self.data_dir = base_port, data_dir
+        self.ps_address = f"127.0.0.1:{base_port}"
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.worker_ports = [base_port + 2 + i for i in range(workers)]
+        self.start_parameter_server()
+        if replay:
+            self.start("replay", "replay", base_port + 1)
+        for i, port in enumerate(self.worker_ports):
+            self.start(f"worker-{i}", "worker", port,
+                       "--replay", f"127.0.0.1:{base_port + 1}")
+
+    def _spawn(self, name: str, args: list[str]) -> None:
+        env = dict(os.environ, DRLBOX_TOKEN=TOKEN, DRLBOX_HOST="127.0.0.1",
+                   TF_CPP_MIN_LOG_LEVEL="2")
+        self.procs[name] = subprocess.Popen([sys.executable, "-m", "drlbox.cli", *args], env=env)
+
+    def start_parameter_server(self) -> None:
+        self._spawn("parameter-server", ["parameter-server", "--port", str(self.ps_port),
+                                         "--data-dir", self.data_dir])
+        assert wait_healthy(self.ps_address, START_TIMEOUT), "parameter server did not start"
+
+    def start(self, name: str, role: str, port: int, *extra: str) -> None:
+        self._spawn(name, [role, "--port", str(port), "--ps", self.ps_address, *extra])
+        assert wait_healthy(f"127.0.0.1:{port}", START_TIMEOUT), f"{name} did not start"
+
+    def kill(self, name: str) -> None:
+        proc = self.procs.pop(name)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+    def worker_states(self) -> list[tuple[str, str]]:
+        security = Security(token=TOKEN)
+        return [(r.state, r.job_id) for r in
+                (get_role_status(f"127.0.0.1:{p}", security=security)
+                 for p in self.worker_ports)]
+
+    def close(self) -> None:
+        for proc in self.procs.values():
+            proc.terminate()
+        for proc in self.procs.values():
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    from tests.conftest import _range_free
+
+    base = 21000 + (os.getpid() % 100) * 20
+    while not _range_free(base, 6):
+        base += 6
+    running = Cluster(base, str(tmp_path_factory.mktemp("cluster-data")), workers=2,
+                      replay=True)
+    yield running
+    running.close()
+
+
+@pytest.fixture
+def client(cluster):
+    with Client(cluster.ps_address, token=TOKEN, retry_seconds=30) as c:
+        yield c
+
+
+def wait_until(condition, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_sdk_imports_without_tensorflow():
+    code = ("import sys, drlbox.client; "
+            "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_bad_arguments_fail_in_the_users_process_with_the_local_message():
+    client = Client("127.0.0.1:1", retry_seconds=0.1)   # nothing listens: nothing is sent
+    for bad in ({"train_steps": 0}, {"acer_kl_weight": 0.1}, {"discount": 2}):
+        with pytest.raises((TypeError, ValueError)) as local:
+            trainer_config("a3c", **cartpole_job(**bad))
+        with pytest.raises(type(local.value)) as remote:
+            client.submit("a3c", **cartpole_job(**bad))
+        assert str(remote.value) == str(local.value)
+    with pytest.raises(ClusterUnavailable, match="did not answer"):
+        client.submit("a3c", **cartpole_job())
+
+
+def test_job_trains_and_its_checkpoint_loads_and_evaluates(client, tmp_path):
+    import keras
+
+    import drlbox.layers  # noqa: F401  (registers drlbox's layers with Keras)
+    from drlbox.evaluator import make_evaluator
+
+    job = client.submit("a3c", **cartpole_job())
+    status = job.wait(timeout=300)
+    assert status.state == "done", status.message
+    assert status.global_steps >= 4000
+    metrics = job.metrics()
+    assert metrics["episodes"] > 0 and metrics["episode_returns"]
+    assert metrics["steps_per_sec"] > 0 and "policy_loss" in metrics["losses"]
+    steps = [c.global_steps for c in job.checkpoints()]
+    assert steps == sorted(steps) and steps[0] >= 1000
+    path = job.fetch_checkpoint(path=str(tmp_path))
+    assert os.path.basename(path) == f"{job.job_id}_model_final.keras"
+    model = keras.models.load_model(path, compile=False)
+    assert model.count_params() > 0
+    earlier = job.fetch_checkpoint(step=steps[0], path=str(tmp_path / "early.keras"))
+    assert os.path.getsize(earlier) > 0
+    import gymnasium
+
+    result = make_evaluator("a3c", env_maker=lambda: gymnasium.make("CartPole-v1"),
+                            load_model=path, num_episodes=2).run()
+    assert len(result.returns) == 2
+    with pytest.raises(LookupError, match="no checkpoint at 7 steps"):
+        job.fetch_checkpoint(step=7, path=str(tmp_path))
+
+
+def test_the_same_job_submitted_twice_runs_twice_in_turn(client):
+    first = client.submit("a3c", **cartpole_job())
+    second = client.submit("a3c", **cartpole_job())
+    assert first.job_id != second.job_id
+    assert second.status().state == "queued" and second.status().queue_position >= 1
+    done_first = first.wait(timeout=300)
+    done_second = second.wait(timeout=300)
+    assert done_first.state == done_second.state == "done"
+    assert done_second.global_steps >= 4000
+    ids = [s.job_id for s in client.jobs()]
+    assert ids.index(first.job_id) < ids.index(second.job_id)
+
+
+def test_cancel_stops_the_job_and_its_workers_go_idle(client, cluster):
+    job = client.submit("a3c", **cartpole_job(train_steps=10_000_000))
+    wait_until(lambda: job.status().global_steps > 500, 120, "the job to make progress")
+    wait_until(lambda: all(s == ("running", job.job_id) for s in cluster.worker_states()), 60,
+               "both workers to join")
+    status = job.cancel()
+    assert status.state == "cancelled"
+    wait_until(lambda: all(s[0] == "idle" for s in cluster.worker_states()), 60,
+               "the workers to go idle")
+    steps = job.status().global_steps
+    time.sleep(1.0)
+    assert job.status().global_steps == steps
+    assert job.status().state == "cancelled"
+
+
+def test_calls_without_the_right_token_are_refused_and_change_nothing(client, cluster):
+    before = [s.job_id for s in client.jobs()]
+    for token in (None, "wrong"):
+        with Client(cluster.ps_address, token=token, retry_seconds=5) as stranger:
+            with pytest.raises(PermissionError, match="token"):
+                stranger.submit("a3c", **cartpole_job())
+            with pytest.raises(PermissionError):
+                stranger.jobs()
+    assert [s.job_id for s in client.jobs()] == before
+    # Health stays open so probes need no secret.
+    assert wait_healthy(cluster.ps_address, 5.0)
+
+
+def _raw_submit(address: str, chunks: list) -> grpc.RpcError:
+    with make_channel(address, Security(token=TOKEN)) as channel:
+        with pytest.raises(grpc.RpcError) as err:
+            jc_grpc.JobControlStub(channel).Submit(iter(chunks), timeout=30)
+    return err.value
+
+
+def test_malformed_oversized_and_wrong_python_jobs_are_refused(client, cluster):
+    before = [s.job_id for s in client.jobs()]
+    err = _raw_submit(cluster.ps_address, [jc_pb.SubmitChunk(
+        python_version=python_version(), algorithm="a3c", config=b"not a pickle")])
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "could not be loaded" in err.details()
+    err = _raw_submit(cluster.ps_address, [jc_pb.SubmitChunk(
+        python_version=python_version(), algorithm="a3c", config=b"x" * (17 << 20))])
+    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    err = _raw_submit(cluster.ps_address, [jc_pb.SubmitChunk(
+        python_version="3.9", algorithm="a3c", config=b"x")])
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "3.9" in err.details() and python_version() in err.details()
+    assert [s.job_id for s in client.jobs()] == before
+
+
+def test_roles_refuse_to_listen_beyond_loopback_without_a_token():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DRLBOX_")}
+    done = subprocess.run([sys.executable, "-m", "drlbox.cli", "worker", "--host", "0.0.0.0",
+                           "--ps", "127.0.0.1:1"], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 2 and "without a token" in done.stderr
+
+
+def test_parameter_server_restart_resumes_the_job_and_workers_rejoin(port_base, tmp_path):
+    cluster = Cluster(port_base(6), str(tmp_path / "data"), workers=2)
+    try:
+        client = Client(cluster.ps_address, token=TOKEN, retry_seconds=120)
+        job = client.submit("a3c", **cartpole_job(train_steps=30_000, save_interval=2000))
+        wait_until(lambda: job.status().global_steps > 8000, 180, "progress past a checkpoint")
+        cluster.kill("parameter-server")
+        with pytest.raises(ClusterUnavailable):
+            Client(cluster.ps_address, token=TOKEN, retry_seconds=1).jobs()
+        cluster.start_parameter_server()
+        # A worker killed and started again joins the running job too.
+        cluster.kill("worker-1")
+        cluster.start("worker-1", "worker", cluster.worker_ports[1])
+        status = job.wait(timeout=300)
+        assert status.state == "done", status.message
+        assert status.resumed_from_steps >= 2000
+        assert status.global_steps >= 30_000
+        assert status.checkpoints[-1].global_steps == status.global_steps
+        assert all(job_id == job.job_id for _, job_id in cluster.worker_states())
+        client.close()
+    finally:
+        cluster.close()
