@@ -46,3 +46,94 @@ bench-forward: $(STAMP)
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache
+
+# =============================================================================================
+# Cluster: container images and the docker-compose deployment (images/, deploy/).
+#
+#   make docker-setup        install docker.io/docker-compose/debootstrap, start dockerd, base image
+#   make images              build drlbox/replay, drlbox/parameter-server, drlbox/worker
+#                            (BASE_IMAGE=, TAG=, EXTRAS= are passed to images/build.sh)
+#   make up [WORKERS=2]      write deploy/.env (random token) if missing, build missing images,
+#                            start the cluster and wait until every container is healthy
+#   make scale WORKERS=N     change the number of workers
+#   make ps | logs [SERVICE=worker] [FOLLOW=1] | token
+#   make down [VOLUMES=1]    remove containers and network (VOLUMES=1 also deletes checkpoints)
+#   make clean-cluster       down and delete the checkpoint volume
+#   make k8s-validate        render k8s/ with kustomize and validate it strictly
+#
+# COMPOSE is `docker compose` when that works, else `docker-compose`; override with
+# COMPOSE=... . The SDK reaches the parameter server on 127.0.0.1:$(DRLBOX_SDK_PORT, default 50051)
+# with the token `make -s token` prints.
+# =============================================================================================
+ifeq ($(origin COMPOSE),undefined)
+COMPOSE := $(shell if docker compose version >/dev/null 2>&1; then echo "docker compose"; \
+                   else echo docker-compose; fi)
+endif
+CLUSTER_PROJECT ?= drlbox
+CLUSTER_FILE := deploy/docker-compose.yml
+CLUSTER_ENV := deploy/.env
+WORKERS ?= 2
+UP_TIMEOUT ?= 600
+TAIL ?= 200
+DC_BASE = $(COMPOSE) -p $(CLUSTER_PROJECT) -f $(CLUSTER_FILE)
+# TAG=... picks the image tag for both `make images` (images/build.sh) and compose (DRLBOX_TAG).
+DC = $(if $(TAG),DRLBOX_TAG=$(TAG) )$(DC_BASE)
+# Commands that create no containers work without deploy/.env (the compose file requires a token).
+DC_NOTOKEN = $(if $(wildcard $(CLUSTER_ENV)),,DRLBOX_TOKEN=not-needed )$(DC)
+WAIT_HEALTHY = COMPOSE_CMD="$(DC_BASE)" bash deploy/wait-healthy.sh
+
+.PHONY: docker-setup images up scale down clean-cluster logs ps token k8s-validate
+
+docker-setup:
+	@echo "==> docker-setup: packages, dockerd and a base image (images/ensure-docker.sh)"
+	bash images/ensure-docker.sh
+
+images:
+	@echo "==> images: building drlbox/replay, drlbox/parameter-server, drlbox/worker"
+	bash images/build.sh
+
+$(CLUSTER_ENV):
+	@echo "==> writing $@ with a new random DRLBOX_TOKEN (gitignored; 'make token' prints it)"
+	@umask 077 && $(PYTHON) -c 'import secrets; print("DRLBOX_TOKEN=" + secrets.token_urlsafe(24))' > $@
+
+up: $(CLUSTER_ENV)
+	@echo "==> up: images (building only missing ones; 'make images' rebuilds)"
+	bash images/build.sh --if-missing
+	@echo "==> up: starting parameter-server, replay, evaluator and $(WORKERS) worker(s) with $(COMPOSE)"
+	$(DC) up -d --remove-orphans --scale worker=$(WORKERS) || { $(WAIT_HEALTHY) --report; exit 1; }
+	@echo "==> up: waiting until every container is healthy (at most $(UP_TIMEOUT)s)"
+	$(WAIT_HEALTHY) $(UP_TIMEOUT)
+	@$(DC) ps
+	@echo "==> cluster is up; SDK address $$($(DC_BASE) port parameter-server 50051), token: make -s token"
+
+scale: $(CLUSTER_ENV)
+	@echo "==> scale: $(WORKERS) worker(s)"
+	$(DC) up -d --no-recreate --scale worker=$(WORKERS) worker || { $(WAIT_HEALTHY) --report; exit 1; }
+	$(WAIT_HEALTHY) $(UP_TIMEOUT) worker
+
+DOWN_VOLUMES = $(filter 1 yes true,$(VOLUMES))
+down:
+ifneq ($(DOWN_VOLUMES),)
+	@echo "==> down: removing the cluster's containers, network AND volume (checkpoints)"
+else
+	@echo "==> down: removing the cluster's containers and network (checkpoint volume kept; VOLUMES=1 deletes it)"
+endif
+	$(DC_NOTOKEN) down --remove-orphans $(if $(DOWN_VOLUMES),-v)
+
+clean-cluster:
+	@echo "==> clean-cluster: removing containers, network and the checkpoint volume"
+	$(DC_NOTOKEN) down --remove-orphans -v
+
+logs:
+	$(DC_NOTOKEN) logs --tail=$(TAIL) $(if $(filter 1 yes true,$(FOLLOW)),--follow) $(SERVICE)
+
+ps:
+	$(DC_NOTOKEN) ps
+
+token:
+	@test -f $(CLUSTER_ENV) || { echo "no $(CLUSTER_ENV) yet: 'make up' writes one" >&2; exit 1; }
+	@sed -n 's/^DRLBOX_TOKEN=//p' $(CLUSTER_ENV)
+
+k8s-validate: $(STAMP)
+	@echo "==> k8s-validate: kustomize build + kubernetes-validate --strict (k8s/validate.sh)"
+	PATH="$(abspath $(VENV))/bin:$$PATH" bash k8s/validate.sh

@@ -12,6 +12,7 @@ import sys
 
 DEFAULT_PORTS = {"parameter-server": 50051, "worker": 50052, "replay": 50053,
                  "evaluator": 50054}
+PLACEHOLDER_TOKEN_PREFIX = "REPLACE-ME"     # k8s/base ships one; no role may run with it
 ROLE_HELP = {
     "parameter-server": "hold weights and the job queue; serve the SDK (job control)",
     "worker": "collect experience and push gradients for whichever job runs",
@@ -91,6 +92,9 @@ def _endpoint(args: argparse.Namespace):
         raise ValueError(f"drlbox {args.role} would listen on {args.host} without a token: set "
                          f"DRLBOX_TOKEN (or DRLBOX_TOKEN_FILE, or --token), or listen on "
                          f"127.0.0.1 only")
+    if security.token and security.token.startswith(PLACEHOLDER_TOKEN_PREFIX):
+        raise ValueError(f"drlbox {args.role} was given the placeholder token from k8s/base; "
+                         f"replace the drlbox-token Secret with a real one (k8s/README.md)")
     if args.role != "parameter-server" and not args.ps:
         raise ValueError(f"drlbox {args.role} needs the parameter server's address: set "
                          f"DRLBOX_PS_ADDRESS or pass --ps host:port")

@@ -121,18 +121,30 @@ class Job:
         """State ('queued', 'running', 'done', 'stopped', 'cancelled', 'failed') and progress."""
         return self.client.call("read the job's status", self.client._rpc.status, self.job_id)
 
-    def wait(self, timeout: float | None = None, poll: float = 1.0) -> JobStatus:
-        """Block until the job finishes; TimeoutError after `timeout` seconds."""
+    def wait(self, timeout: float | None = None, poll: float = 1.0,
+             progress: bool = False) -> JobStatus:
+        """Block until the job finishes; TimeoutError after `timeout` seconds.
+
+        `progress=True` shows a bar of env steps with steps/s and returns meanwhile.
+        """
+        from drlbox.launch.progress import Progress
+
         deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            status = self.status()
-            if status.finished:
-                return status
-            if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(f"job {self.job_id} is still {status.state} after "
-                                   f"{timeout:.0f} s ({status.global_steps} of "
-                                   f"{status.train_steps} env steps)")
-            time.sleep(poll)
+        status = self.status()
+        bar = Progress(progress, status.train_steps, self.job_id)
+        try:
+            while True:
+                bar.update(status)
+                if status.finished:
+                    return status
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise TimeoutError(f"job {self.job_id} is still {status.state} after "
+                                       f"{timeout:.0f} s ({status.global_steps} of "
+                                       f"{status.train_steps} env steps)")
+                time.sleep(poll)
+                status = self.status()
+        finally:
+            bar.close()
 
     def metrics(self) -> dict:
         """Steps, steps/s, training episode returns, evaluator returns and the latest losses."""

@@ -154,7 +154,7 @@ def test_job_trains_and_its_checkpoint_loads_and_evaluates(client, tmp_path):
     from drlbox.evaluator import make_evaluator
 
     job = client.submit("a3c", **cartpole_job())
-    status = job.wait(timeout=300)
+    status = job.wait(timeout=300, progress=True)
     assert status.state == "done", status.message
     assert status.global_steps >= 4000
     metrics = job.metrics()
@@ -246,6 +246,10 @@ def test_roles_refuse_to_listen_beyond_loopback_without_a_token():
                            "--ps", "127.0.0.1:1"], env=env, capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 2 and "without a token" in done.stderr
+    done = subprocess.run([sys.executable, "-m", "drlbox.cli", "worker", "--ps", "127.0.0.1:1",
+                           "--token", "REPLACE-ME-drlbox-placeholder-token-not-secret"],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "placeholder token" in done.stderr
 
 
 def test_parameter_server_restart_resumes_the_job_and_workers_rejoin(port_base, tmp_path):
@@ -270,3 +274,32 @@ def test_parameter_server_restart_resumes_the_job_and_workers_rejoin(port_base, 
         client.close()
     finally:
         cluster.close()
+
+
+def test_tls_with_a_token_serves_tls_clients_only(port_base, tmp_path):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+                   check=True, capture_output=True)
+    port = port_base(1)
+    env = dict(os.environ, DRLBOX_TOKEN=TOKEN, DRLBOX_TLS_CERT=str(cert), DRLBOX_TLS_KEY=str(key),
+               TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.Popen([sys.executable, "-m", "drlbox.cli", "parameter-server", "--host",
+                             "127.0.0.1", "--port", str(port), "--data-dir",
+                             str(tmp_path / "data")], env=env)
+    address = f"127.0.0.1:{port}"
+    try:
+        assert wait_healthy(address, START_TIMEOUT, Security(tls_ca=cert.read_bytes()))
+        with Client(address, token=TOKEN, tls_ca=str(cert)) as client:
+            assert client.jobs() == []
+        with Client(address, token=TOKEN, retry_seconds=2) as plain:
+            with pytest.raises(ClusterUnavailable):
+                plain.jobs()
+        health = subprocess.run([sys.executable, "-m", "drlbox.cli", "health", address,
+                                 "--tls-ca", str(cert)], env=env, capture_output=True,
+                                text=True, timeout=60)
+        assert health.returncode == 0 and "SERVING" in health.stdout
+    finally:
+        proc.terminate()
+        proc.wait(30)

@@ -1,0 +1,162 @@
+"""End to end with real Docker: `make images`, `make up WORKERS=2`, the SDK, a killed worker,
+`make down`. Skipped where no Docker engine answers, except in CI (CI=true) or with
+DRLBOX_E2E=1, where a missing engine is a failure. Prints how long each step took.
+
+The cluster runs as its own compose project on its own loopback port, so a developer's
+`make up` cluster is left alone.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import subprocess
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROJECT = "drlbox-e2e"
+pytestmark = pytest.mark.slow
+
+
+def docker_works() -> bool:
+    try:
+        return subprocess.run(["docker", "info"], capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def required() -> bool:
+    return os.environ.get("CI", "").lower() == "true" or os.environ.get("DRLBOX_E2E") == "1"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Steps:
+    """Runs and times each step, printing the time it took (past pytest's capture)."""
+
+    def __init__(self, capsys):
+        self.capsys = capsys
+        self.times: list[tuple[str, float]] = []
+
+    def say(self, line: str) -> None:
+        with self.capsys.disabled():
+            print(line, flush=True)
+
+    def __call__(self, name: str, fn, *args, **kwargs):
+        start = time.monotonic()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            seconds = time.monotonic() - start
+            self.times.append((name, seconds))
+            self.say(f"e2e: {name}: {seconds:.1f} s")
+
+
+def make(target: str, env: dict, timeout: float = 1800) -> str:
+    done = subprocess.run(["make", "-s", target, *[f"{k}={v}" for k, v in env.items()]],
+                          cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env=dict(os.environ, **env))
+    assert done.returncode == 0, f"make {target} failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+    return done.stdout
+
+
+def project_containers(all_states: bool = True) -> list[str]:
+    args = ["docker", "ps", "-q", "--filter", f"label=com.docker.compose.project={PROJECT}"]
+    out = subprocess.run(args + (["-a"] if all_states else []), capture_output=True, text=True,
+                         check=True).stdout
+    return out.split()
+
+
+def worker_containers() -> list[str]:
+    out = subprocess.run(["docker", "ps", "-q", "--filter",
+                          f"label=com.docker.compose.project={PROJECT}", "--filter",
+                          "label=com.docker.compose.service=worker"],
+                         capture_output=True, text=True, check=True).stdout
+    return out.split()
+
+
+def features(space):
+    import keras
+
+    inp = keras.Input(space.shape)
+    return inp, keras.layers.Dense(64, activation="tanh")(inp)
+
+
+def test_compose_cluster_trains_survives_a_killed_worker_and_comes_down(tmp_path, capsys):
+    if not docker_works():
+        if required():
+            pytest.fail("no Docker engine answers `docker info`; CI must install and start it "
+                        "(images/ensure-docker.sh, run by .ci/run)")
+        pytest.skip("no Docker engine here (run `make docker-setup`, or set DRLBOX_E2E=1)")
+    import gymnasium
+    import keras
+
+    from drlbox.client import Client
+    from drlbox.evaluator import make_evaluator
+
+    token = secrets.token_urlsafe(16)
+    env = {"CLUSTER_PROJECT": PROJECT, "WORKERS": "2", "DRLBOX_TOKEN": token,
+           "DRLBOX_SDK_PORT": str(free_port())}
+    step = Steps(capsys)
+    step("make images (cached layers reused)", make, "images", env)
+    try:
+        step("make up WORKERS=2 (until healthy)", make, "up", env)
+        assert len(worker_containers()) == 2
+        client = Client(f"127.0.0.1:{env['DRLBOX_SDK_PORT']}", token=token, retry_seconds=120)
+        settings = dict(env_maker=lambda: gymnasium.make("CartPole-v1"), feature_maker=features,
+                        rollout_maxlen=8, batch_size=4, opt_kwargs={"learning_rate": 2e-3},
+                        save_interval=5000)
+
+        job = step("submit", client.submit, "a3c", train_steps=20_000, **settings)
+        status = step("train 20k steps (A3C CartPole)", job.wait, timeout=900)
+        assert status.state == "done", status.message
+        path = step("fetch the latest checkpoint", job.fetch_checkpoint, path=str(tmp_path))
+        model = keras.models.load_model(path, compile=False)
+        assert model.count_params() > 0
+        result = step("evaluate it", make_evaluator("a3c", load_model=path, num_episodes=5,
+                                                    env_maker=lambda: gymnasium.make(
+                                                        "CartPole-v1")).run)
+        assert len(result.returns) == 5
+
+        job = step("submit again", client.submit, "a3c", train_steps=60_000, **settings)
+        step("wait for progress", _wait_for_steps, job, 5000)
+        victim = worker_containers()[0]
+        step("kill one worker container", subprocess.run, ["docker", "kill", victim],
+             check=True, capture_output=True)
+        killed_at = job.status().global_steps
+        step("more progress with one worker", _wait_for_steps, job, killed_at + 5000)
+        # `docker kill` counts as a manual stop (no automatic restart): start it again by hand.
+        step("restart the killed worker; it rejoins", _restart_and_rejoin, victim, job.job_id)
+        status = step("finish the job", job.wait, timeout=900)
+        assert status.state == "done", status.message
+        assert status.global_steps >= 60_000
+        client.close()
+    finally:
+        step("make down VOLUMES=1", make, "down", {**env, "VOLUMES": "1"})
+    assert project_containers() == [], "containers left after make down"
+    total = sum(seconds for _, seconds in step.times)
+    step.say(f"e2e: total {total:.1f} s")
+
+
+def _restart_and_rejoin(container: str, job_id: str, timeout: float = 300) -> None:
+    subprocess.run(["docker", "start", container], check=True, capture_output=True)
+    deadline = time.monotonic() + timeout
+    while True:
+        logs = subprocess.run(["docker", "logs", container], capture_output=True, text=True)
+        if (logs.stdout + logs.stderr).count(f"joined job {job_id}") >= 2:
+            return
+        assert time.monotonic() < deadline, f"the restarted worker did not rejoin {job_id}"
+        time.sleep(1.0)
+
+
+def _wait_for_steps(job, steps: int, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while job.status().global_steps < steps:
+        assert time.monotonic() < deadline, f"job did not reach {steps} steps"
+        time.sleep(0.5)
