@@ -50,14 +50,17 @@ def cartpole_job(**overrides):
 class Cluster:
     """Cluster-mode roles as processes on loopback, stopped on close()."""
 
-    def __init__(self, base_port: int, data_dir: str, workers: int = 2, replay: bool = False):
+    def __init__(self, base_port: int, data_dir: str, workers: int = 2, replay: bool = False,
+                 evaluator: bool = False):
         self.ps_port, self.data_dir = base_port, data_dir
         self.ps_address = f"127.0.0.1:{base_port}"
         self.procs: dict[str, subprocess.Popen] = {}
-        self.worker_ports = [base_port + 2 + i for i in range(workers)]
+        self.worker_ports = [base_port + 3 + i for i in range(workers)]
         self.start_parameter_server()
         if replay:
             self.start("replay", "replay", base_port + 1)
+        if evaluator:
+            self.start("evaluator", "evaluator", base_port + 2)
         for i, port in enumerate(self.worker_ports):
             self.start(f"worker-{i}", "worker", port,
                        "--replay", f"127.0.0.1:{base_port + 1}")
@@ -106,7 +109,7 @@ def cluster(tmp_path_factory):
     while not _range_free(base, 6):
         base += 6
     running = Cluster(base, str(tmp_path_factory.mktemp("cluster-data")), workers=2,
-                      replay=True)
+                      replay=True, evaluator=True)
     yield running
     running.close()
 
@@ -153,11 +156,12 @@ def test_job_trains_and_its_checkpoint_loads_and_evaluates(client, tmp_path):
     import drlbox.layers  # noqa: F401  (registers drlbox's layers with Keras)
     from drlbox.evaluator import make_evaluator
 
-    job = client.submit("a3c", **cartpole_job())
+    job = client.submit("a3c", **cartpole_job(eval_interval=2000, eval_episodes=2))
     status = job.wait(timeout=300, progress=True)
     assert status.state == "done", status.message
     assert status.global_steps >= 4000
     metrics = job.metrics()
+    assert metrics["evaluations"], "the cluster's evaluator reported nothing"
     assert metrics["episodes"] > 0 and metrics["episode_returns"]
     assert metrics["steps_per_sec"] > 0 and "policy_loss" in metrics["losses"]
     steps = [c.global_steps for c in job.checkpoints()]
@@ -178,14 +182,18 @@ def test_job_trains_and_its_checkpoint_loads_and_evaluates(client, tmp_path):
 
 
 def test_the_same_job_submitted_twice_runs_twice_in_turn(client):
-    first = client.submit("a3c", **cartpole_job())
-    second = client.submit("a3c", **cartpole_job())
+    # DQN with replay: the second job also gets a fresh memory on the same replay server.
+    dqn = cartpole_job(replay_type="uniform", replay_kwargs={"maxlen": 500, "minlen": 20},
+                       policy_eps_decay_steps=2000, sync_target_interval=50)
+    first = client.submit("dqn", **dqn)
+    second = client.submit("dqn", **dqn)
     assert first.job_id != second.job_id
     assert second.status().state == "queued" and second.status().queue_position >= 1
     done_first = first.wait(timeout=300)
     done_second = second.wait(timeout=300)
-    assert done_first.state == done_second.state == "done"
-    assert done_second.global_steps >= 4000
+    assert done_first.state == done_second.state == "done", (done_first.message,
+                                                              done_second.message)
+    assert done_second.global_steps >= 4000 and done_second.updates > 0
     ids = [s.job_id for s in client.jobs()]
     assert ids.index(first.job_id) < ids.index(second.job_id)
 

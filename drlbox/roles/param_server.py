@@ -68,6 +68,7 @@ class ParameterServer:
         self._stats: dict = {}
         self._start = time.monotonic()
         self._rate_mark: tuple | None = None      # (time, steps); starts at the first report
+        self._rate_start: tuple | None = None     # the first report's (time, steps)
         self._first_report: float | None = None
         self._steps_per_sec = 0.0
         self._next_save = config.save_interval
@@ -155,8 +156,9 @@ class ParameterServer:
             self._scalars.write(self.global_steps, {"episode_return": ret})
         now = time.monotonic()
         if self._rate_mark is None:
-            self._rate_mark = (now, self.global_steps)
-            self._first_report = now
+            self._rate_mark = self._rate_start = (now, self.global_steps)
+            if self._first_report is None:
+                self._first_report = now
         mark_time, mark_steps = self._rate_mark
         if now - mark_time >= 1.0:
             self._steps_per_sec = (self.global_steps - mark_steps) / (now - mark_time)
@@ -185,6 +187,12 @@ class ParameterServer:
 
     def _finish(self, state: str, message: str) -> None:
         self.state, self.message = state, message
+        if self._rate_start is not None:
+            # A finished job reports its average rate (a short job may end within one window).
+            start_time, start_steps = self._rate_start
+            elapsed = time.monotonic() - start_time
+            if elapsed > 0:
+                self._steps_per_sec = (self.global_steps - start_steps) / elapsed
         log.info("job %s %s: %s", self.job_id, state, message)
         if self.config.save_dir:
             self._save(checkpoint_path(self.config.save_dir, None))
