@@ -189,7 +189,8 @@ class RolloutWorker:
                 break
             self.sync()                 # learn from replay with the freshest weights
             result, priorities = self._learn(sample.lists, sample.weights)
-            self.replay.update_priorities(sample.keys, priorities)
+            if self.config.replay_type == "prioritized":    # uniform replay ignores them
+                self.replay.update_priorities(sample.keys, priorities)
             if result.stop:
                 break
         return result
