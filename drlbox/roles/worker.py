@@ -129,7 +129,9 @@ class RolloutWorker:
         self.assign = WeightAssigner(synced_weights(self.model))
         self.assign_aux = WeightAssigner(synced_weights(self.aux_model)) if self.aux_model else None
         self.noisy = bool(noisy_layers(self.model))
-        self.predict = make_predict_fn(self.model)
+        # Acting reads only the first output (policy logits or Q-values): leave the value head,
+        # or a whole value network, out of the per-step forward pass.
+        self.predict = make_predict_fn(keras.Model(self.model.inputs, self.model.outputs[:1]))
         self.collector = Collector(
             envs, config.state_to_input or _identity, self.predict,
             lambda outputs, steps: self.algorithm.act(outputs, self.rng, steps),
