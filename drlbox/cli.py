@@ -106,9 +106,7 @@ def _health(args: argparse.Namespace) -> int:
     from drlbox.rpc.security import Security
     from drlbox.rpc.server import wait_healthy
 
-    security = Security.from_files(tls_ca=args.tls_ca)
-    if args.tls and not security.tls:
-        security = Security(tls=True)
+    security = Security.from_files(tls_ca=args.tls_ca, tls=args.tls)
     healthy = wait_healthy(args.address, args.timeout, security)
     print(f"{args.address}: {'SERVING' if healthy else 'NOT SERVING'}")
     return 0 if healthy else 1

@@ -51,9 +51,7 @@ class Client:
 
     def __init__(self, address: str, token: str | None = None, *, tls_ca: str | None = None,
                  tls: bool = False, timeout: float = 60.0, retry_seconds: float = 120.0):
-        security = Security.from_files(token=token, tls_ca=tls_ca)
-        if tls and not security.tls:
-            security = Security(token=security.token, tls=True)
+        security = Security.from_files(token=token, tls_ca=tls_ca, tls=tls)
         self.address = address
         self.timeout, self.retry_seconds = timeout, retry_seconds
         self._rpc = JobControlClient(address, security)

@@ -91,37 +91,37 @@ def _idle_loop(role: str, endpoint: Endpoint, work: Callable[[Any, Any, dict], N
         signal.signal(sig, _exit_now)
     finished: set[str] = set()
     log.warning("%s idle, polling %s for a job", role, endpoint.ps_address)
-    while True:
-        params = ParameterClient(endpoint.ps_address, timeout=CALL_TIMEOUT,
-                                 security=endpoint.security)
-        try:
-            job = params.fetch_job()
-        except grpc.RpcError as err:
-            if err.code() not in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAVAILABLE,
-                                  grpc.StatusCode.DEADLINE_EXCEEDED):
-                log.warning("cannot fetch a job: %s", err.details())
-            params.close()
-            time.sleep(IDLE_POLL_SECONDS)
-            continue
-        if job.job_id in finished:
-            params.close()
-            time.sleep(IDLE_POLL_SECONDS)
-            continue
-        state.update(state="running", job_id=job.job_id, counters={})
-        log.warning("%s joined job %s", role, job.job_id)
-        try:
-            work(params, job, state)
-            finished.add(job.job_id)
-        except grpc.RpcError as err:
-            # The job may have ended or its parameter server restarted: look again.
-            log.warning("%s lost job %s (%s: %s); looking for work again", role, job.job_id,
-                        err.code().name, err.details())
-        except Exception:  # noqa: BLE001 - e.g. the user's env failing: keep the role alive
-            log.exception("%s failed on job %s; it will not rejoin that job", role, job.job_id)
-            finished.add(job.job_id)
-        finally:
-            params.close()
-            state.update(state="idle")
+    params = ParameterClient(endpoint.ps_address, timeout=CALL_TIMEOUT,
+                             security=endpoint.security)
+    try:
+        while True:
+            try:
+                job = params.fetch_job()
+            except grpc.RpcError as err:
+                if err.code() not in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAVAILABLE,
+                                      grpc.StatusCode.DEADLINE_EXCEEDED):
+                    log.warning("cannot fetch a job: %s", err.details())
+                job = None
+            if job is None or job.job_id in finished:
+                time.sleep(IDLE_POLL_SECONDS)
+                continue
+            state.update(state="running", job_id=job.job_id, counters={})
+            log.warning("%s joined job %s", role, job.job_id)
+            try:
+                work(params, job, state)
+                finished.add(job.job_id)
+            except grpc.RpcError as err:
+                # The job may have ended or its parameter server restarted: look again.
+                log.warning("%s lost job %s (%s: %s); looking for work again", role,
+                            job.job_id, err.code().name, err.details())
+            except Exception:  # noqa: BLE001 - e.g. the user's env failing: keep the role alive
+                log.exception("%s failed on job %s; it will not rejoin that job", role,
+                              job.job_id)
+                finished.add(job.job_id)
+            finally:
+                state.update(state="idle")
+    finally:
+        params.close()
 
 
 def run_worker(endpoint: Endpoint) -> None:

@@ -86,9 +86,8 @@ class JobHost:
                 record.update(state="cancelled", message="cancelled before it started")
                 self._save_record(job_id)
             elif self._current and self._current[0].job_id == job_id:
-                record["cancelled"] = True
                 self._current[1].stop("cancelled on request")
-                self._finish_current()
+                self._finish_current(cancelled=True)
             return self.status(job_id)
 
     # --- what the servicers ask ----------------------------------------------------------
@@ -188,11 +187,11 @@ class JobHost:
             if self._current:
                 self._current[1].save_now()
 
-    def _finish_current(self) -> None:
+    def _finish_current(self, cancelled: bool = False) -> None:
         job, server = self._current
         record = self._records[job.job_id]
         status = server.status()
-        if record.pop("cancelled", False):
+        if cancelled:
             status = dataclasses.replace(status, state="cancelled",
                                          message="cancelled on request")
         record.update(state=status.state, message=status.message, status=status.to_dict())

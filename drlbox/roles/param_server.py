@@ -3,7 +3,9 @@
 It applies pushed gradients one at a time (global-norm clipped), keeps ACER's average net or
 DQN's target net as an auxiliary weight set, counts env steps, stops the job at `train_steps`
 (or when an evaluation reaches `target_return`), and saves the model every `save_interval`
-steps. It knows nothing of gRPC: `drlbox.rpc.parameter_server` serves it.
+steps. Given a resume file (cluster mode), each checkpoint also records the optimizer state
+and counters, and a new server on the same file resumes the job from there. It knows nothing
+of gRPC: `drlbox.rpc.parameter_server` serves it.
 """
 from __future__ import annotations
 
@@ -74,8 +76,6 @@ class ParameterServer:
         self._next_save = config.save_interval
         self._scalars = ScalarLog(config.save_dir)
         self.state, self.message = "running", ""
-        # With a resume file each checkpoint also records the optimizer state and counters,
-        # so a restarted parameter server (cluster mode) goes on where it left off.
         self._resume_file = resume_file
         self.resumed_from_steps = 0
         if resume_file and os.path.exists(resume_file):

@@ -162,15 +162,15 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
         data = serde.join_chunks([first.data] + [c.data for c in request_iterator])
         try:
             gradients = serde.decode_arrays(data) if data else None
-            result = server.push(gradients, first.base_version,
-                                      report_from_proto(first.report))
+            result = server.push(gradients, first.base_version, report_from_proto(first.report))
         except ValueError as err:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"gradients refused: {err}")
         return pb.PushReply(version=result.version, global_steps=result.global_steps,
                             stop=result.stop)
 
     def ReportEvaluation(self, request, context) -> pb.PushReply:
-        result = self._server(request.job_id, context).report_evaluation(request.global_steps, list(request.returns))
+        server = self._server(request.job_id, context)
+        result = server.report_evaluation(request.global_steps, list(request.returns))
         return pb.PushReply(version=result.version, global_steps=result.global_steps,
                             stop=result.stop)
 

@@ -28,8 +28,11 @@ class Security:
     @staticmethod
     def from_files(token: str | None = None, token_file: str | None = None,
                    tls_cert: str | None = None, tls_key: str | None = None,
-                   tls_ca: str | None = None) -> "Security":
-        """Read the token and PEM files named by flags or DRLBOX_* variables."""
+                   tls_ca: str | None = None, tls: bool = False) -> "Security":
+        """Read the token and PEM files named by flags or DRLBOX_* variables.
+
+        Clients use TLS with `tls_ca`, or with the system's CAs when only `tls` is set.
+        """
         if token_file and not token:
             token = _read(token_file, "token file").decode().strip()
         if bool(tls_cert) != bool(tls_key):
@@ -39,7 +42,7 @@ class Security:
                         tls_cert=_read(tls_cert, "TLS certificate") if tls_cert else None,
                         tls_key=_read(tls_key, "TLS key") if tls_key else None,
                         tls_ca=_read(tls_ca, "TLS CA bundle") if tls_ca else None,
-                        tls=bool(tls_ca or tls_cert))
+                        tls=bool(tls or tls_ca or tls_cert))
 
     def server_credentials(self) -> grpc.ServerCredentials | None:
         """TLS credentials for a server, or None for a plain port."""

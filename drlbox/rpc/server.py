@@ -1,4 +1,4 @@
-"""One way to make a gRPC server and a channel: limits, protocol check, health, shutdown."""
+"""One way to make a gRPC server and a channel: limits, protocol check, token, TLS, health."""
 from __future__ import annotations
 
 import json
