@@ -134,7 +134,7 @@ class Recorder:
         self.inputs, self.steps = [], []
 
     def predict(self, inputs):
-        self.inputs.append(inputs)
+        self.inputs.append(inputs.copy())       # the collector reuses its input batch
         return [np.zeros((len(inputs), NUM_ACTIONS))]
 
     def act(self, outputs, steps):

@@ -414,3 +414,56 @@ def test_dqn_target_weights_sent_only_when_newer():
         assert no_aux is not None and no_aux.version == 2 and no_aux.aux is None
     finally:
         stop(setup)
+
+
+# --- push and pull in one call -------------------------------------------------------------
+
+def test_push_and_pull_returns_the_weights_the_push_made(a3c):
+    first = a3c.client.get_weights(-1)
+    result, update = a3c.client.push_and_pull(small_gradients(a3c.model), first.version,
+                                              WorkerReport(env_steps=3), first.version)
+    assert result.version == update.version == first.version + 1
+    assert result.global_steps == 3 and not result.stop
+    assert_bitwise_equal(update.weights, model_weights(a3c.model))
+    # A progress-only push changes nothing, so nothing comes back.
+    result, update = a3c.client.push_and_pull(None, result.version, WorkerReport(env_steps=2),
+                                              result.version)
+    assert update is None and result.global_steps == 5
+    # A stopped job sends no weights either, whatever the caller holds.
+    a3c.ps.stop("test")
+    result, update = a3c.client.push_and_pull(None, 0, WorkerReport(), -1)
+    assert result.stop and update is None
+
+
+def test_push_and_pull_of_a_large_model_goes_in_chunks():
+    setup = start("a3c", model_maker=nature_cnn)
+    try:
+        # Weights over one chunk with a small (progress-only) push: pulled by GetWeights.
+        _, first = setup.client.push_and_pull(None, -1, WorkerReport(env_steps=1), -1)
+        assert_bitwise_equal(first.weights, model_weights(setup.model))
+        # Gradients over one chunk: pushed by PushGradients, then pulled.
+        result, update = setup.client.push_and_pull(small_gradients(setup.model, scale=1e-3),
+                                                    first.version, WorkerReport(env_steps=1),
+                                                    first.version)
+        assert result.version == update.version == first.version + 1
+        assert_bitwise_equal(update.weights, model_weights(setup.model))
+    finally:
+        stop(setup)
+
+
+def test_push_and_pull_sends_the_target_set_only_when_the_caller_lacks_it():
+    setup = start("dqn", sync_target_interval=2)
+    try:
+        _, one = setup.client.push_and_pull(small_gradients(setup.model, seed=1), 0,
+                                            WorkerReport(env_steps=1), 0, 0)
+        assert one.version == 1 and one.aux_version == 0 and one.aux is None
+        _, two = setup.client.push_and_pull(small_gradients(setup.model, seed=2), 1,
+                                            WorkerReport(env_steps=1), 1, 0)
+        assert two.version == 2 and two.aux_version == 2
+        assert_bitwise_equal(two.aux, two.weights)
+        # In process, the role answers the same way.
+        _, three = setup.ps.push_and_pull(small_gradients(setup.model, seed=3), 2,
+                                          WorkerReport(env_steps=1), 2, 2)
+        assert three.version == 3 and three.aux is None
+    finally:
+        stop(setup)

@@ -32,7 +32,7 @@ class PredictFn(Protocol):
 
     backend: str  # "numpy" or "tf"
     def __call__(self, *inputs: Any) -> list[np.ndarray]: ...
-    def refresh(self) -> None: ...
+    def refresh(self, values: nl.Values = None) -> None: ...
 
 
 class _Unsupported(Exception):
@@ -221,10 +221,11 @@ class NumpyForward:
         self._out_slots = out_slots
         self.refresh()
 
-    def refresh(self) -> None:
-        """Re-read all weights from the model (call after set_weights / noise resampling)."""
+    def refresh(self, values: nl.Values = None) -> None:
+        """Re-read all weights (call after set_weights / noise resampling); `values` maps id()
+        of a variable to its new array, saving the read of that variable."""
         for op in self._ops:
-            op.refresh()
+            op.refresh(values)
 
     def __call__(self, *inputs: Any) -> list[np.ndarray]:
         """Forward a batch; returns one float32 array per entry of ``model.outputs``."""
@@ -292,7 +293,7 @@ class TFForward:
 
         self._forward = forward
 
-    def refresh(self) -> None:
+    def refresh(self, values: nl.Values = None) -> None:
         """No-op: the traced function reads the live variables."""
 
     def __call__(self, *inputs: Any) -> list[np.ndarray]:

@@ -1,7 +1,7 @@
 """Per-layer NumPy kernels used by the plans of :mod:`drlbox.ops.fast_forward`."""
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import keras
 import numpy as np
@@ -12,15 +12,19 @@ from numpy.lib.stride_tricks import as_strided
 ActFn = Callable[[np.ndarray, bool], np.ndarray]
 # A merge kernel (Add, Concatenate, ...): list of inputs -> y.
 Merge = Callable[[list[np.ndarray]], np.ndarray]
+# New weight values by id() of the Keras variable they belong to (see `read_f32`).
+Values = Mapping[int, np.ndarray] | None
 
 _F32 = np.float32
 _SELU_ALPHA = _F32(1.6732632423543772848170429916717)
 _SELU_SCALE = _F32(1.0507009873554804934193349852946)
 
 
-def read_f32(var: Any) -> np.ndarray:
-    """One host read of a Keras variable, as a float32 array."""
-    return np.asarray(var.numpy(), dtype=_F32)
+def read_f32(var: Any, values: Values = None) -> np.ndarray:
+    """A Keras variable's value as a float32 array: from `values` (arrays by id() of their
+    variable) when it holds one, else one host read of the variable."""
+    value = values.get(id(var)) if values else None
+    return np.asarray(var.numpy() if value is None else value, dtype=_F32)
 
 
 def _out(x: np.ndarray, inplace: bool) -> np.ndarray | None:
@@ -139,10 +143,10 @@ class DenseOp:
         self.w: np.ndarray = np.empty((0, 0), _F32)
         self.b: np.ndarray | None = None
 
-    def refresh(self) -> None:
-        """Re-read the weights (one host read per variable)."""
-        self.w = read_f32(self._kernel_var)
-        self.b = None if self._bias_var is None else read_f32(self._bias_var)
+    def refresh(self, values: Values = None) -> None:
+        """Re-read the weights (from `values`, else one host read per variable)."""
+        self.w = read_f32(self._kernel_var, values)
+        self.b = None if self._bias_var is None else read_f32(self._bias_var, values)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         y = x @ self.w
@@ -158,8 +162,9 @@ class EffectiveDenseOp(DenseOp):
         super().__init__(None, None, act)
         self._layer = layer
 
-    def refresh(self) -> None:
-        """Ask the layer for its current effective (kernel, bias)."""
+    def refresh(self, values: Values = None) -> None:
+        """Ask the layer for its current effective (kernel, bias); noise makes them differ from
+        any pulled values, so `values` is not used."""
         kernel, bias = self._layer.effective_kernel_and_bias()
         self.w = np.asarray(kernel, dtype=_F32)
         self.b = None if bias is None else np.asarray(bias, dtype=_F32)
@@ -177,11 +182,11 @@ class Conv2DOp:
         self.w: np.ndarray = np.empty((0, 0), _F32)
         self.b: np.ndarray | None = None
 
-    def refresh(self) -> None:
+    def refresh(self, values: Values = None) -> None:
         """Re-read the weights; the kernel is kept as a (kh*kw*cin, filters) view."""
-        k = read_f32(self._kernel_var)
+        k = read_f32(self._kernel_var, values)
         self.w = k.reshape(-1, k.shape[-1])
-        self.b = None if self._bias_var is None else read_f32(self._bias_var)
+        self.b = None if self._bias_var is None else read_f32(self._bias_var, values)
 
     def _pad(self, x: np.ndarray) -> np.ndarray:
         # TF 'SAME': output = ceil(in / stride), padding split with the odd

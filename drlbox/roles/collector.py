@@ -26,6 +26,7 @@ class Collector:
 
     A list closes when it reaches `rollout_maxlen` steps or its episode ends; an env whose
     list closed goes on with a new one, so lists carry over from one call to the next.
+    `predict` is handed the same input array at every step, updated in place: it must not keep it.
     """
 
     def __init__(self, envs: list, state_to_input: Callable[[Any], np.ndarray],
@@ -42,6 +43,8 @@ class Collector:
         for i, env in enumerate(envs):
             obs, _ = env.reset(seed=None if seed is None else seed + i)
             self.tracks.append(_Track(self.to_input(obs)))
+        # Each env's newest input, kept as one batch so no step has to stack them anew.
+        self.inputs = np.stack([t.obs[-1] for t in self.tracks]).astype(np.float32)
         self.env_steps = 0
         self.finished_returns: list[float] = []
         self.finished_lengths: list[int] = []
@@ -50,22 +53,24 @@ class Collector:
         """Step all envs until at least `num_lists` lists closed; returns them."""
         done: list[RolloutList] = []
         while len(done) < num_lists:
-            inputs = np.stack([t.obs[-1] for t in self.tracks]).astype(np.float32, copy=False)
-            actions, behaviour = self.act(self.predict(inputs), steps_so_far + self.env_steps)
+            actions, behaviour = self.act(self.predict(self.inputs),
+                                          steps_so_far + self.env_steps)
             for i, (env, track) in enumerate(zip(self.envs, self.tracks)):
                 closed = self._step(env, track, actions[i], behaviour[i])
+                self.inputs[i] = track.obs[-1]
                 if closed is not None:
                     done.append(closed)
+            self.env_steps += len(self.envs)
         return done
 
     def _step(self, env, track: _Track, action, behaviour) -> RolloutList | None:
         obs, reward, terminated, truncated, _ = env.step(env_action(self.action_space, action))
-        self.env_steps += 1
-        track.episode_return += float(reward)
+        reward = float(reward)
+        track.episode_return += reward
         track.episode_length += 1
         track.obs.append(self.to_input(obs))
         track.actions.append(action)
-        track.rewards.append(float(reward))
+        track.rewards.append(reward)
         track.behaviour.append(behaviour)
         episode_over = terminated or truncated
         if not episode_over and len(track.rewards) < self.maxlen:

@@ -123,6 +123,11 @@ class ParameterPeer(Protocol):
              report: WorkerReport) -> PushResult:
         """Apply gradients (None: only report progress)."""
 
+    def push_and_pull(self, gradients: Sequence[np.ndarray] | None, base_version: int,
+                      report: WorkerReport, newer_than: int,
+                      aux_newer_than: int = -1) -> tuple[PushResult, WeightsUpdate | None]:
+        """`push`, then `get_weights` unless the push says stop, in one round trip."""
+
     def report_evaluation(self, global_steps: int, returns: Sequence[float]) -> PushResult:
         """Record evaluation returns measured on weights of `global_steps`."""
 

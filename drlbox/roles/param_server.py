@@ -23,6 +23,8 @@ import numpy as np
 import tensorflow as tf
 
 from drlbox.layers.noisy import synced_weights
+from drlbox.ops.compiled import FlatFunction
+from drlbox.ops.flat_weights import WeightLayout
 from drlbox.roles.checkpoints import ScalarLog, checkpoint_path, save_model_atomically
 from drlbox.roles.interfaces import (Checkpoint, Evaluation, JobStatus, PushResult, WeightsUpdate,
                                      WorkerReport)
@@ -53,11 +55,11 @@ class ParameterServer:
         self.model = model
         self._variables = list(model.trainable_variables)
         self._synced = synced_weights(model)
+        self._layout = WeightLayout(self._synced)
         self._optimizer = make_optimizer(config)
         self._optimizer.build(self._variables)
-        # A concrete function: no per-call signature matching on the parameter server's hot path.
-        self._apply = tf.function(self._apply_gradients).get_concrete_function(
-            *[tf.TensorSpec(v.shape, v.dtype) for v in self._variables])
+        self._apply = FlatFunction(self._apply_gradients,
+                                   [tf.TensorSpec(v.shape, v.dtype) for v in self._variables])
         self._lock = threading.Lock()
         self._aux_kind = aux_kind
         self._weights = [v.numpy() for v in self._synced]
@@ -107,13 +109,17 @@ class ParameterServer:
             if not np.all(np.isfinite(grad)):
                 raise GradientError(f"gradient for {var.path} has NaN or infinite values")
 
-    def _apply_gradients(self, *gradients) -> tf.Tensor:
+    def _apply_gradients(self, *gradients) -> tuple[tf.Tensor, tf.Tensor]:
+        """Apply; return the gradients' global norm and the new weights as one flat vector
+        (one read out of TensorFlow instead of one per variable). The graph orders the reads
+        after the updates, as they touch the same variables."""
         clipped, norm = tf.clip_by_global_norm(gradients, self.config.opt_clip_norm)
         self._optimizer.apply_gradients(zip(clipped, self._variables))
-        return norm
+        return norm, self._layout.graph_flat()
 
-    def _after_update(self) -> None:
-        self._weights = [v.numpy() for v in self._synced]
+    def _after_update(self, flat: np.ndarray) -> None:
+        self._weights = self._layout.merge(
+            flat, [v.numpy() for v in self._layout.other_variables])
         self.version += 1
         self.updates += 1
         if self._aux_kind == "average":
@@ -137,8 +143,8 @@ class ParameterServer:
                 return PushResult(self.version, self.global_steps, True)
             scalars = {}
             if gradients:
-                norm = self._apply(*gradients)
-                self._after_update()
+                norm, flat = self._apply(*gradients)
+                self._after_update(flat.numpy())
                 self._stats = {**report.stats, "grad_norm": float(norm),
                                "staleness": float(self.version - 1 - base_version)}
                 scalars.update({f"loss/{k}": v for k, v in self._stats.items()})
@@ -147,6 +153,13 @@ class ParameterServer:
             if self.global_steps >= self.config.train_steps:
                 self._finish("done", f"reached train_steps={self.config.train_steps}")
             return PushResult(self.version, self.global_steps, self.state != "running")
+
+    def push_and_pull(self, gradients: Sequence[np.ndarray] | None, base_version: int,
+                      report: WorkerReport, newer_than: int,
+                      aux_newer_than: int = -1) -> tuple[PushResult, WeightsUpdate | None]:
+        """`push`, then the weights (as `get_weights`) unless the job stopped."""
+        result = self.push(gradients, base_version, report)
+        return result, None if result.stop else self.get_weights(newer_than, aux_newer_than)
 
     def _record_progress(self, report: WorkerReport, scalars: dict) -> None:
         self.global_steps += int(report.env_steps)

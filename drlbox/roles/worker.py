@@ -3,7 +3,8 @@
 One loop serves all four algorithms. Each batch of `batch_size` rollout lists is learned from
 online (when `online_learning`), inserted into replay (when a replay peer is given), and followed
 by Poisson(`replay_ratio`) replayed batches. The worker steps `batch_size` env copies in lockstep
-so one inference call serves them all.
+so one inference call serves them all. Pushes, and the weight fetch after each, run on a
+background thread while the next batch is collected.
 """
 from __future__ import annotations
 
@@ -18,10 +19,13 @@ import tensorflow as tf
 from drlbox.algorithms import make_algorithm, make_model
 from drlbox.envs import make_env
 from drlbox.layers.noisy import noisy_layers, resample_noise, synced_weights
+from drlbox.ops.compiled import FlatFunction
 from drlbox.ops.fast_forward import make_predict_fn
+from drlbox.ops.flat_weights import WeightLayout
 from drlbox.ops.rollout import pack_lists
 from drlbox.roles.collector import Collector
-from drlbox.roles.interfaces import ParameterPeer, PushResult, ReplayPeer, WorkerReport
+from drlbox.roles.interfaces import (ParameterPeer, PushResult, ReplayPeer, WeightsUpdate,
+                                     WorkerReport)
 
 log = logging.getLogger(__name__)
 
@@ -39,78 +43,135 @@ class WeightAssigner:
 
     def __init__(self, variables: list):
         self.variables = variables
-        # A concrete function skips tf.function's per-call signature matching (~0.3 ms here).
-        self._assign = tf.function(self._assign_all).get_concrete_function(
-            *[tf.TensorSpec(v.shape, v.dtype) for v in variables])
+        self._assign = FlatFunction(self._assign_all,
+                                    [tf.TensorSpec(v.shape, v.dtype) for v in variables])
 
     def _assign_all(self, *values) -> None:
         for var, value in zip(self.variables, values):
             var.assign(value)
 
     def __call__(self, arrays: list) -> None:
-        self._assign(*arrays)
+        if self.variables:
+            self._assign(*arrays)
 
 
 class GradientStep:
-    """Compiled loss-and-gradient of the algorithm on a packed batch."""
+    """Compiled loss-and-gradient of the algorithm on a packed batch, at given weights.
 
-    def __init__(self, algorithm: Any, model: keras.Model, aux_model: keras.Model | None):
+    The weights come in as one flat vector that stands in for the model's float32 variables
+    during the call (keras.StatelessScope): one tensor crosses into TensorFlow instead of one
+    per variable, and pulled weights need no separate assignment. State the call changes
+    (dropout seeds, say) is written back to its variables.
+    """
+
+    def __init__(self, algorithm: Any, model: keras.Model, aux_model: keras.Model | None,
+                 layout: WeightLayout):
         self.algorithm, self.model, self.aux_model = algorithm, model, aux_model
+        self.layout = layout
         self.variables = list(model.trainable_variables)
-        self._step = None         # a concrete function, made for the first batch's dtypes
+        mapped = {id(v) for v in layout.flat_variables}
+        self._stateful = [v for m in (model, aux_model) if m is not None for v in m.variables
+                          if id(v) not in mapped]
+        self._keys: list[str] = []
+        self._step = None         # traced for the first batch's keys and dtypes
 
-    def _compute(self, batch: dict):
+    def _compute(self, flat: tf.Tensor, *batch_values: tf.Tensor):
+        batch = dict(zip(self._keys, batch_values))
+        values = self.layout.graph_split(flat)
+        value_of = {id(v): t for v, t in zip(self.layout.flat_variables, values)}
         with tf.GradientTape() as tape:
-            out = self.algorithm.loss(self.model, self.aux_model, batch)
-        grads = tape.gradient(out.loss, self.variables)
+            tape.watch(values)
+            with keras.StatelessScope(state_mapping=list(zip(self.layout.flat_variables,
+                                                             values))) as scope:
+                out = self.algorithm.loss(self.model, self.aux_model, batch)
+        for var in self._stateful:
+            new_value = scope.get_current_value(var)
+            if new_value is not None:
+                var.assign(new_value)
+        sources = [value_of.get(id(v), v) for v in self.variables]
+        grads = tape.gradient(out.loss, sources)
         grads = [tf.zeros_like(v) if g is None else g for g, v in zip(grads, self.variables)]
         return grads, out.stats, out.priorities
 
     @staticmethod
-    def _spec(batch: dict[str, np.ndarray]) -> dict:
+    def _spec(key: str, value: np.ndarray) -> tf.TensorSpec:
         # Time and list counts vary between batches; everything else is fixed.
-        return {key: tf.TensorSpec((None,) * (1 if key == "weights" else 2) + value.shape[
-            1 if key == "weights" else 2:], value.dtype) for key, value in batch.items()}
+        fixed = 1 if key == "weights" else 2
+        return tf.TensorSpec((None,) * fixed + value.shape[fixed:], value.dtype)
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> tuple[list, dict, np.ndarray]:
+    def __call__(self, flat_weights: np.ndarray,
+                 batch: dict[str, np.ndarray]) -> tuple[list, dict, np.ndarray]:
         if self._step is None:
-            self._step = tf.function(self._compute).get_concrete_function(self._spec(batch))
-        grads, stats, priorities = self._step(batch)
+            self._keys = sorted(batch)
+            self._step = FlatFunction(self._compute, [self.layout.spec()] + [
+                self._spec(key, batch[key]) for key in self._keys])
+        grads, stats, priorities = self._step(flat_weights, *[batch[k] for k in self._keys])
         return ([g.numpy() for g in grads], {k: float(v) for k, v in stats.items()},
                 priorities.numpy())
 
 
-class AsyncPusher:
-    """Sends pushes from a background thread with at most one in flight, so the worker collects
-    its next batch while the parameter server applies the last one (asynchronous, as A3C is).
+class AsyncExchange:
+    """Pushes from a background thread with at most one push in flight, and fetches the weights
+    as soon as each push is answered, so the worker collects its next batch while the parameter
+    server applies the last one and sends the result (asynchronous, as A3C is).
 
-    `push` answers with the reply to the previous push: a stop is seen one batch later.
+    `push` answers with the reply to the previous push: a stop is seen one batch later. Weights
+    are fetched by this thread alone, one fetch after another, so each fetch is at least as new
+    as the one before; a fetch asks only for weights newer than the previous fetch's.
     """
 
     def __init__(self, params: ParameterPeer):
         self.params = params
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="push")
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="exchange")
         self._pending: Future | None = None
+        self._known = (-1, -1)          # (version, aux version) of the newest fetch
+        self._fetched: WeightsUpdate | None = None
         self.last = PushResult(-1, 0, False)
 
     def push(self, gradients: list | None, base_version: int, report: WorkerReport) -> PushResult:
-        """Queue this push; return the newest reply received so far."""
+        """Queue this push and the fetch after it; return the newest reply received so far."""
         self.wait()
-        self._pending = self._pool.submit(self.params.push, gradients, base_version, report)
+        self._pending = self._pool.submit(self._exchange, gradients, base_version, report)
         return self.last
+
+    def _exchange(self, gradients: list | None, base_version: int,
+                  report: WorkerReport) -> tuple[PushResult, WeightsUpdate | None]:
+        result, update = self.params.push_and_pull(gradients, base_version, report, *self._known)
+        if update is not None:
+            self._known = (update.version, update.aux_version)
+        return result, update
 
     def wait(self) -> PushResult:
-        """Block until the push in flight is answered (its error, if any, is raised here)."""
+        """Block until the exchange in flight is done (its error, if any, is raised here)."""
         if self._pending is not None:
             pending, self._pending = self._pending, None
-            self.last = pending.result()
+            self.last, update = pending.result()
+            if update is not None:
+                self._fetched = merge_updates(self._fetched, update)
         return self.last
 
+    def follow(self, update: WeightsUpdate | None) -> None:
+        """Fetch only weights newer than `update` (the worker's first pull) from now on."""
+        if update is not None:
+            self._known = (update.version, update.aux_version)
+
+    def take_weights(self) -> WeightsUpdate | None:
+        """The weights fetched since the last call, if any changed."""
+        update, self._fetched = self._fetched, None
+        return update
+
     def close(self) -> PushResult:
-        """Finish the push in flight and stop the thread."""
+        """Finish the exchange in flight and stop the thread."""
         result = self.wait()
         self._pool.shutdown()
         return result
+
+
+def merge_updates(older: WeightsUpdate | None, newer: WeightsUpdate) -> WeightsUpdate:
+    """`newer`, keeping `older`'s aux weights when `newer` brings none."""
+    if older is None or newer.aux is not None or older.aux is None:
+        return newer
+    return WeightsUpdate(newer.version, newer.weights, older.aux_version, older.aux)
 
 
 class RolloutWorker:
@@ -126,36 +187,49 @@ class RolloutWorker:
         self.aux_model = None
         if self.algorithm.aux_kind:
             self.aux_model = keras.models.clone_model(self.model)
-        self.assign = WeightAssigner(synced_weights(self.model))
-        self.assign_aux = WeightAssigner(synced_weights(self.aux_model)) if self.aux_model else None
+        synced = synced_weights(self.model)
+        self.layout = WeightLayout(synced)
         self.noisy = bool(noisy_layers(self.model))
         # Acting reads only the first output (policy logits or Q-values): leave the value head,
         # or a whole value network, out of the per-step forward pass.
         self.predict = make_predict_fn(keras.Model(self.model.inputs, self.model.outputs[:1]))
+        # The gradient step takes the weights as an argument; the variables themselves need
+        # them only when acting reads them (NoisyNet layers, TensorFlow inference).
+        self.variables_read = self.noisy or self.predict.backend != "numpy"
+        self.assign = WeightAssigner(synced if self.variables_read else
+                                     self.layout.other_variables)
+        self.assign_aux = WeightAssigner(synced_weights(self.aux_model)) if self.aux_model else None
         self.collector = Collector(
             envs, config.state_to_input or _identity, self.predict,
             lambda outputs, steps: self.algorithm.act(outputs, self.rng, steps),
             config.rollout_maxlen, self.algorithm.behaviour_size, seed)
-        self.gradient_step = GradientStep(self.algorithm, self.model, self.aux_model)
-        self.pusher = AsyncPusher(params)
+        self.gradient_step = GradientStep(self.algorithm, self.model, self.aux_model, self.layout)
+        self.flat_weights = self.layout.flat([v.numpy() for v in synced])
+        self.exchange = AsyncExchange(params)
         self.version = self.aux_version = -1
         self.total_steps = 0
         self.pushes = 0
         self._stats: dict = {}
 
     def sync(self) -> None:
-        """Pull weights if the server has newer ones; NoisyNet draws fresh noise at each sync."""
-        update = self.params.get_weights(self.version, self.aux_version)
+        """Take the weights fetched after the last push, if they changed (the first time, pull
+        them); NoisyNet draws fresh noise at each sync."""
+        if self.version < 0:
+            update = self.params.get_weights(self.version, self.aux_version)
+            self.exchange.follow(update)
+        else:
+            update = self.exchange.take_weights()
         if update is None:
             return
-        self.assign(update.weights)
+        self.flat_weights = self.layout.flat(update.weights)
+        self.assign(update.weights if self.variables_read else self.layout.others(update.weights))
         self.version = update.version
         if update.aux is not None:
             self.assign_aux(update.aux)
             self.aux_version = update.aux_version
         if self.noisy:
             resample_noise(self.model)
-        self.predict.refresh()
+        self.predict.refresh({id(v): a for v, a in zip(self.layout.variables, update.weights)})
 
     def _report(self) -> WorkerReport:
         returns, lengths, steps = self.collector.take_episode_stats()
@@ -164,8 +238,8 @@ class RolloutWorker:
 
     def _learn(self, lists: list, weights: np.ndarray | None = None) -> tuple[PushResult, np.ndarray]:
         batch = pack_lists(lists, self.config.discount, weights)
-        grads, self._stats, priorities = self.gradient_step(batch)
-        result = self.pusher.push(grads, self.version, self._report())
+        grads, self._stats, priorities = self.gradient_step(self.flat_weights, batch)
+        result = self.exchange.push(grads, self.version, self._report())
         self.pushes += 1
         return result, priorities
 
@@ -179,7 +253,7 @@ class RolloutWorker:
         if self.replay is not None and not (result and result.stop):
             result = self._replay(lists) or result
         if result is None:              # nothing learned yet: still report the env steps
-            result = self.pusher.push(None, self.version, self._report())
+            result = self.exchange.push(None, self.version, self._report())
         return result
 
     def _replay(self, lists: list) -> PushResult | None:
@@ -189,7 +263,7 @@ class RolloutWorker:
             sample = self.replay.sample(self.config.batch_size)
             if sample is None:
                 break
-            self.sync()                 # learn from replay with the freshest weights
+            self.sync()                 # learn from replay with the newest fetched weights
             result, priorities = self._learn(sample.lists, sample.weights)
             if self.config.replay_type == "prioritized":    # uniform replay ignores them
                 self.replay.update_priorities(sample.keys, priorities)
@@ -202,7 +276,7 @@ class RolloutWorker:
         while not self.run_once().stop:
             if after_batch is not None:
                 after_batch(self)
-        self.pusher.close()
+        self.exchange.close()
         log.info("worker %d done after %d env steps, %d pushes", self.index, self.total_steps,
                  self.pushes)
         return self.total_steps

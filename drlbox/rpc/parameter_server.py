@@ -65,6 +65,20 @@ def report_from_proto(m: pb.WorkerReport) -> WorkerReport:
                         list(m.episode_lengths), dict(m.stats))
 
 
+def push_reply(result: PushResult) -> pb.PushReply:
+    """PushResult -> message."""
+    return pb.PushReply(version=result.version, global_steps=result.global_steps,
+                        stop=result.stop)
+
+
+def weights_update(version: int, aux_version: int, data: bytes) -> WeightsUpdate:
+    """A serialized WeightSet (and its versions) -> WeightsUpdate."""
+    weight_set = pb.WeightSet()
+    weight_set.ParseFromString(data)
+    aux = serde.proto_to_arrays(weight_set.aux) if weight_set.HasField("aux") else None
+    return WeightsUpdate(version, serde.proto_to_arrays(weight_set.online), aux_version, aux)
+
+
 class SingleJob:
     """The job table of a local run: one job whose parameter server is always there."""
 
@@ -160,19 +174,38 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "empty gradient push")
         server = self._server(first.job_id, context)
         data = serde.join_chunks([first.data] + [c.data for c in request_iterator])
+        result = self._push(server, data, first.base_version, first.report, context)
+        return push_reply(result)
+
+    def Exchange(self, request, context) -> pb.ExchangeReply:
+        server = self._server(request.job_id, context)
+        result = self._push(server, request.gradients, request.base_version, request.report,
+                            context)
+        reply = pb.ExchangeReply(push=push_reply(result))
+        update = None if result.stop else server.get_weights(request.newer_than,
+                                                             request.aux_newer_than)
+        if update is not None:
+            data = self._encoded(request.job_id, update)
+            reply.version, reply.aux_version = update.version, update.aux_version
+            if len(data) <= serde.CHUNK_BYTES:
+                reply.weights = data
+            else:
+                reply.weights_too_big = True
+        return reply
+
+    @staticmethod
+    def _push(server, data: bytes, base_version: int, report: pb.WorkerReport,
+              context) -> PushResult:
         try:
             gradients = serde.decode_arrays(data) if data else None
-            result = server.push(gradients, first.base_version, report_from_proto(first.report))
+            return server.push(gradients, base_version, report_from_proto(report))
         except ValueError as err:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"gradients refused: {err}")
-        return pb.PushReply(version=result.version, global_steps=result.global_steps,
-                            stop=result.stop)
 
     def ReportEvaluation(self, request, context) -> pb.PushReply:
         server = self._server(request.job_id, context)
         result = server.report_evaluation(request.global_steps, list(request.returns))
-        return pb.PushReply(version=result.version, global_steps=result.global_steps,
-                            stop=result.stop)
+        return push_reply(result)
 
     def GetStatus(self, request, context) -> pb.JobStatus:
         if request.job_id:
@@ -221,16 +254,15 @@ class ParameterClient:
                               aux_newer_than=aux_newer_than), timeout=self.timeout))
         if not chunks:
             return None
-        weight_set = pb.WeightSet()
-        weight_set.ParseFromString(serde.join_chunks(c.data for c in chunks))
-        aux = serde.proto_to_arrays(weight_set.aux) if weight_set.HasField("aux") else None
-        return WeightsUpdate(chunks[0].version, serde.proto_to_arrays(weight_set.online),
-                             chunks[0].aux_version, aux)
+        return weights_update(chunks[0].version, chunks[0].aux_version,
+                              serde.join_chunks(c.data for c in chunks))
 
     def push(self, gradients: Sequence[np.ndarray] | None, base_version: int,
              report: WorkerReport) -> PushResult:
-        data = serde.encode_arrays(gradients) if gradients else b""
+        return self._push_chunks(serde.encode_arrays(gradients) if gradients else b"",
+                                 base_version, report)
 
+    def _push_chunks(self, data: bytes, base_version: int, report: WorkerReport) -> PushResult:
         def chunks():
             for i, piece in enumerate(serde.split_chunks(data)):
                 if i == 0:
@@ -241,6 +273,24 @@ class ParameterClient:
 
         reply = self.stub.PushGradients(chunks(), timeout=self.timeout)
         return PushResult(reply.version, reply.global_steps, reply.stop)
+
+    def push_and_pull(self, gradients: Sequence[np.ndarray] | None, base_version: int,
+                      report: WorkerReport, newer_than: int,
+                      aux_newer_than: int = -1) -> tuple[PushResult, WeightsUpdate | None]:
+        data = serde.encode_arrays(gradients) if gradients else b""
+        if len(data) > serde.CHUNK_BYTES:
+            result = self._push_chunks(data, base_version, report)
+            return result, None if result.stop else self.get_weights(newer_than, aux_newer_than)
+        reply = self.stub.Exchange(pb.ExchangeRequest(
+            job_id=self.job_id, base_version=base_version, report=report_to_proto(report),
+            gradients=data, newer_than=newer_than, aux_newer_than=aux_newer_than),
+            timeout=self.timeout)
+        result = PushResult(reply.push.version, reply.push.global_steps, reply.push.stop)
+        if reply.weights_too_big:
+            return result, self.get_weights(newer_than, aux_newer_than)
+        if not reply.weights:
+            return result, None
+        return result, weights_update(reply.version, reply.aux_version, reply.weights)
 
     def report_evaluation(self, global_steps: int, returns: Sequence[float]) -> PushResult:
         reply = self.stub.ReportEvaluation(pb.EvaluationReport(

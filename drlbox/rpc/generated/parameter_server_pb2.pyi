@@ -96,6 +96,36 @@ class PushReply(_message.Message):
     stop: bool
     def __init__(self, version: _Optional[int] = ..., global_steps: _Optional[int] = ..., stop: _Optional[bool] = ...) -> None: ...
 
+class ExchangeRequest(_message.Message):
+    __slots__ = ("job_id", "base_version", "report", "gradients", "newer_than", "aux_newer_than")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    BASE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    REPORT_FIELD_NUMBER: _ClassVar[int]
+    GRADIENTS_FIELD_NUMBER: _ClassVar[int]
+    NEWER_THAN_FIELD_NUMBER: _ClassVar[int]
+    AUX_NEWER_THAN_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    base_version: int
+    report: WorkerReport
+    gradients: bytes
+    newer_than: int
+    aux_newer_than: int
+    def __init__(self, job_id: _Optional[str] = ..., base_version: _Optional[int] = ..., report: _Optional[_Union[WorkerReport, _Mapping]] = ..., gradients: _Optional[bytes] = ..., newer_than: _Optional[int] = ..., aux_newer_than: _Optional[int] = ...) -> None: ...
+
+class ExchangeReply(_message.Message):
+    __slots__ = ("push", "version", "aux_version", "weights", "weights_too_big")
+    PUSH_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    AUX_VERSION_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_TOO_BIG_FIELD_NUMBER: _ClassVar[int]
+    push: PushReply
+    version: int
+    aux_version: int
+    weights: bytes
+    weights_too_big: bool
+    def __init__(self, push: _Optional[_Union[PushReply, _Mapping]] = ..., version: _Optional[int] = ..., aux_version: _Optional[int] = ..., weights: _Optional[bytes] = ..., weights_too_big: _Optional[bool] = ...) -> None: ...
+
 class EvaluationReport(_message.Message):
     __slots__ = ("job_id", "global_steps", "returns")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]

@@ -49,6 +49,11 @@ class ParameterServerStub:
                 request_serializer=drlbox_dot_v1_dot_parameter__server__pb2.GradientsChunk.SerializeToString,
                 response_deserializer=drlbox_dot_v1_dot_parameter__server__pb2.PushReply.FromString,
                 _registered_method=True)
+        self.Exchange = channel.unary_unary(
+                '/drlbox.v1.ParameterServer/Exchange',
+                request_serializer=drlbox_dot_v1_dot_parameter__server__pb2.ExchangeRequest.SerializeToString,
+                response_deserializer=drlbox_dot_v1_dot_parameter__server__pb2.ExchangeReply.FromString,
+                _registered_method=True)
         self.ReportEvaluation = channel.unary_unary(
                 '/drlbox.v1.ParameterServer/ReportEvaluation',
                 request_serializer=drlbox_dot_v1_dot_parameter__server__pb2.EvaluationReport.SerializeToString,
@@ -90,6 +95,14 @@ class ParameterServerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Exchange(self, request, context):
+        """A push and the weight pull after it in one round trip, for a worker whose gradients and
+        weights each fit in one chunk (bigger ones use PushGradients and GetWeights).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ReportEvaluation(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -125,6 +138,11 @@ def add_ParameterServerServicer_to_server(servicer, server):
                     servicer.PushGradients,
                     request_deserializer=drlbox_dot_v1_dot_parameter__server__pb2.GradientsChunk.FromString,
                     response_serializer=drlbox_dot_v1_dot_parameter__server__pb2.PushReply.SerializeToString,
+            ),
+            'Exchange': grpc.unary_unary_rpc_method_handler(
+                    servicer.Exchange,
+                    request_deserializer=drlbox_dot_v1_dot_parameter__server__pb2.ExchangeRequest.FromString,
+                    response_serializer=drlbox_dot_v1_dot_parameter__server__pb2.ExchangeReply.SerializeToString,
             ),
             'ReportEvaluation': grpc.unary_unary_rpc_method_handler(
                     servicer.ReportEvaluation,
@@ -223,6 +241,33 @@ class ParameterServer:
             '/drlbox.v1.ParameterServer/PushGradients',
             drlbox_dot_v1_dot_parameter__server__pb2.GradientsChunk.SerializeToString,
             drlbox_dot_v1_dot_parameter__server__pb2.PushReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Exchange(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/drlbox.v1.ParameterServer/Exchange',
+            drlbox_dot_v1_dot_parameter__server__pb2.ExchangeRequest.SerializeToString,
+            drlbox_dot_v1_dot_parameter__server__pb2.ExchangeReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,30 @@
+"""TensorFlow functions traced once and called with a flat list of arrays, cheaply.
+
+A concrete function's public call matches every argument against its signature, about 0.3 ms
+for a handful of arguments on a 2-core machine: as much as a small network's gradient step. The
+hot paths (gradient steps, weight assignment) call the concrete function's flat entry point,
+which takes the tensors in signature order. That entry point is private TensorFlow API, so where
+a TensorFlow lacks it the public call stands in.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import tensorflow as tf
+
+
+class FlatFunction:
+    """`fn` traced for `specs` (one TensorSpec per positional argument), called with arrays."""
+
+    def __init__(self, fn: Callable, specs: Sequence[tf.TensorSpec]):
+        self.concrete = tf.function(fn).get_concrete_function(*specs)
+        self._dtypes = [spec.dtype for spec in specs]
+        self._call_flat = getattr(self.concrete, "_call_flat", None)
+
+    def __call__(self, *arrays: Any) -> Any:
+        if len(arrays) != len(self._dtypes):
+            raise TypeError(f"expected {len(self._dtypes)} arrays, got {len(arrays)}")
+        if self._call_flat is None:
+            return self.concrete(*arrays)
+        tensors = [tf.convert_to_tensor(a, dtype=d) for a, d in zip(arrays, self._dtypes)]
+        return self._call_flat(tensors, self.concrete.captured_inputs)
