@@ -282,6 +282,21 @@ def as_tensors(batch):
     return {k: tf.convert_to_tensor(v) for k, v in batch.items()}
 
 
+def test_byte_observations_pack_as_bytes_and_the_loss_sees_the_same_values():
+    rng = np.random.default_rng(0)
+    lists = [make_list(list(rng.integers(0, 256, (n + 1, 2, 3), dtype=np.uint8)), [0] * n,
+                       [1.0] * n, [np.zeros(2, np.float32)] * n, False, 2) for n in (3, 1)]
+    packed = pack_lists(lists, GAMMA)
+    assert packed["obs"].dtype == np.uint8
+    as_floats = pack_lists([{**r, "obs": r["obs"].astype(np.float32)} for r in lists], GAMMA)
+    assert as_floats["obs"].dtype == np.float32
+    np.testing.assert_array_equal(packed["obs"], as_floats["obs"])
+    inputs = keras.Input((2, 3))
+    model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(inputs)))
+    np.testing.assert_array_equal(forward(model, tf.constant(packed["obs"]))[0].numpy(),
+                                  forward(model, tf.constant(as_floats["obs"]))[0].numpy())
+
+
 def favour_wrong_action(model, head):
     """Start the head preferring action 1, the one that pays nothing."""
     layer = model.get_layer(head)

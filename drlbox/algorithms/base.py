@@ -68,9 +68,10 @@ def per_list_mean(x: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
 
 
 def forward(model: keras.Model, obs: tf.Tensor) -> list[tf.Tensor]:
-    """Run the model on time-major observations [T, L, ...] -> outputs [T, L, K]."""
+    """Run the model on time-major observations [T, L, ...] (float32, or uint8 images) ->
+    outputs [T, L, K]."""
     lead = tf.shape(obs)[:2]
-    flat = tf.reshape(obs, tf.concat([[-1], tf.shape(obs)[2:]], 0))
+    flat = tf.reshape(tf.cast(obs, tf.float32), tf.concat([[-1], tf.shape(obs)[2:]], 0))
     outputs = model(flat, training=True)
     if not isinstance(outputs, (list, tuple)):
         outputs = [outputs]

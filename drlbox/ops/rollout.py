@@ -29,9 +29,17 @@ def make_list(obs: Sequence[np.ndarray], actions: Sequence, rewards: Sequence[fl
     }
 
 
+def _packed_dtype(obs: np.ndarray) -> np.dtype:
+    # Byte images stay bytes (a quarter of float32 to copy; the loss casts them); all else is
+    # float32, as the model takes it.
+    return np.dtype(np.uint8) if obs.dtype == np.uint8 else np.dtype(np.float32)
+
+
 def pack_lists(lists: Sequence[RolloutList], discount: float,
                weights: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Pad rollout lists into time-major arrays [T(+1), L, ...] with masks and trace cuts.
+
+    ``obs`` [T+1, L, ...] is float32, or uint8 when the lists hold uint8 observations.
 
     ``discount`` [T, L] is gamma, except 0 after a terminating last step and in padding;
     ``lambda`` [T, L] is 1 where the list goes on and 0 at its last step; ``mask`` marks valid
@@ -40,7 +48,7 @@ def pack_lists(lists: Sequence[RolloutList], discount: float,
     lengths = np.array([len(r["rewards"]) for r in lists])
     steps, count = int(lengths.max()), len(lists)
     first = lists[0]
-    obs = np.empty((steps + 1, count) + first["obs"].shape[1:], np.float32)
+    obs = np.empty((steps + 1, count) + first["obs"].shape[1:], _packed_dtype(first["obs"]))
     actions = np.zeros((steps, count) + first["actions"].shape[1:], first["actions"].dtype)
     rewards = np.zeros((steps, count), np.float32)
     behaviour = np.zeros((steps, count, first["behaviour"].shape[-1]), np.float32)
