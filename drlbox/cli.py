@@ -124,10 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"drlbox: {err}", file=sys.stderr)
         return 2
-    cluster.setup_logging(args.role, args.verbose)
-    if args.role != "replay":
-        from drlbox.launch.processes import limit_tf_threads
+    from drlbox.launch.processes import limit_tf_threads, setup_logging
 
+    setup_logging(args.role, args.verbose)
+    if args.role != "replay":
         limit_tf_threads()
     if args.role == "parameter-server":
         cluster.run_parameter_server(endpoint, args.data_dir)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import signal
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -34,12 +33,6 @@ class Endpoint:
     security: Security
     ps_address: str | None = None
     replay_address: str | None = None
-
-
-def setup_logging(role: str, verbose: bool) -> None:
-    """One log line format for every role process."""
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
-                        format=f"%(asctime)s drlbox {role} %(levelname)s %(message)s")
 
 
 def _wait_for_termination() -> threading.Event:

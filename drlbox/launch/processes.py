@@ -16,11 +16,16 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
+def setup_logging(role: str, verbose: bool) -> None:
+    """One log line format for every role process, local or in a cluster."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
+                        format=f"%(asctime)s drlbox {role} %(levelname)s %(message)s")
+
+
 def _child_setup(verbose: bool, role: str) -> None:
     """Common start of every role process: quiet logs, leave Ctrl-C to the launcher."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
-                        format=f"%(asctime)s drlbox {role} %(levelname)s %(message)s")
+    setup_logging(role, verbose)
     # The launcher owns Ctrl-C and stops the roles in order; a child that took the SIGINT
     # sent to the whole terminal's process group would die mid-write instead.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -35,7 +35,7 @@ def _identity(obs: Any) -> Any:
 
 
 class WeightAssigner:
-    """Copies weight arrays into variables (in `synced_weights` order) in one compiled call.
+    """Copies weight arrays into `variables` (in that order) in one compiled call.
 
     One eager `assign` costs ~0.15 ms; a graph assigning all variables costs about as much as
     one, which matters when weights change before every batch.

@@ -174,16 +174,16 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "empty gradient push")
         server = self._server(first.job_id, context)
         data = serde.join_chunks([first.data] + [c.data for c in request_iterator])
-        result = self._push(server, data, first.base_version, first.report, context)
+        result = self._with_gradients(context, server.push, data, first.base_version,
+                                      report_from_proto(first.report))
         return push_reply(result)
 
     def Exchange(self, request, context) -> pb.ExchangeReply:
         server = self._server(request.job_id, context)
-        result = self._push(server, request.gradients, request.base_version, request.report,
-                            context)
+        result, update = self._with_gradients(
+            context, server.push_and_pull, request.gradients, request.base_version,
+            report_from_proto(request.report), request.newer_than, request.aux_newer_than)
         reply = pb.ExchangeReply(push=push_reply(result))
-        update = None if result.stop else server.get_weights(request.newer_than,
-                                                             request.aux_newer_than)
         if update is not None:
             data = self._encoded(request.job_id, update)
             reply.version, reply.aux_version = update.version, update.aux_version
@@ -194,11 +194,11 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
         return reply
 
     @staticmethod
-    def _push(server, data: bytes, base_version: int, report: pb.WorkerReport,
-              context) -> PushResult:
+    def _with_gradients(context, call, data: bytes, *args):
+        """`call(gradients, *args)` on the decoded gradients (None when `data` is empty);
+        malformed or misfitting gradients refuse the call."""
         try:
-            gradients = serde.decode_arrays(data) if data else None
-            return server.push(gradients, base_version, report_from_proto(report))
+            return call(serde.decode_arrays(data) if data else None, *args)
         except ValueError as err:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"gradients refused: {err}")
 

@@ -85,10 +85,10 @@ class TokenInterceptor(grpc.ServerInterceptor):
         given = dict(handler_call_details.invocation_metadata or ()).get(AUTH_KEY)
         if given is None:
             return refuse_call(grpc.StatusCode.UNAUTHENTICATED,
-                           "this drlbox service needs a token: pass token=... to the client, "
-                           "or set DRLBOX_TOKEN (or DRLBOX_TOKEN_FILE) for a role")
+                               "this drlbox service needs a token: pass token=... to the "
+                               "client, or set DRLBOX_TOKEN (or DRLBOX_TOKEN_FILE) for a role")
         if not hmac.compare_digest(given.encode(), self._expected):
             return refuse_call(grpc.StatusCode.UNAUTHENTICATED,
-                           "the token is wrong: use the cluster's token (`make token` prints "
-                           "the compose cluster's)")
+                               "the token is wrong: use the cluster's token (`make token` "
+                               "prints the compose cluster's)")
         return continuation(handler_call_details)
