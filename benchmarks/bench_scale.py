@@ -86,16 +86,22 @@ def job_config(model: str, extra: dict):
 
 # --- the parameter server role(s) ------------------------------------------------------------
 def start_servers(config, port_begin: int):
-    """Start the parameter-server role process(es) as a local run does; returns the run, the
-    server pids and the address the workers use."""
+    """Start the parameter-server role process(es) as a local run does (the coordinator and
+    ps_shards - 1 shard processes); returns the run, the server pids and the address."""
     from drlbox.launch.local import HOST, LocalRun
+    from drlbox.rpc.parameter_client import ParameterClient
 
     run = LocalRun(config)
     address = f"{HOST}:{port_begin}"
     run._spawn("parameter-server", "parameter-server", stdin=run.job.encode(),
                job_id=run.job.job_id, port=port_begin, verbose=False)
     run._wait_started("parameter-server", address)
-    return run, [run.procs["parameter-server"].pid], address
+    for k in range(1, config.ps_shards):
+        run._spawn_shard(k, address)
+    client = ParameterClient(address, run.job.job_id, timeout=120.0)
+    client.get_weights(-1)          # waits until every shard serves
+    client.close()
+    return run, [p.pid for p in run.procs.values()], address
 
 
 def cpu_seconds(pid: int) -> float:
@@ -107,15 +113,15 @@ def cpu_seconds(pid: int) -> float:
 
 # --- simulated workers --------------------------------------------------------------------------
 def simulated_worker(address: str, job_id: str, index: int, rate: float | None,
-                     start_at: float, stop_at: float, out: "mp.Queue") -> None:
+                     start_at: float, stop_at: float, shards: int, out: "mp.Queue") -> None:
     """Push real-size gradients and take weights back as a rollout worker does; no TF here."""
     from drlbox.roles.interfaces import WorkerReport
-    from drlbox.rpc.parameter_server import ParameterClient
+    from drlbox.rpc.parameter_client import ParameterClient
 
     params = ParameterClient(address, job_id, timeout=60.0)
     first = params.get_weights(-1, -1)
     rng = np.random.default_rng(index)
-    gradients = [(rng.standard_normal(w.shape) * 1e-4).astype(w.dtype) for w in first.weights]
+    gradient = (rng.standard_normal(first.weights.shape) * 1e-4).astype(np.float32)
     version, aux_version = first.version, first.aux_version
     records = []
     while time.time() < start_at - WARMUP_SECONDS:
@@ -129,11 +135,12 @@ def simulated_worker(address: str, job_id: str, index: int, rate: float | None,
             next_push = max(next_push + 1.0 / rate, time.perf_counter() - 1.0 / rate)
         sent = time.time()
         t0 = time.perf_counter()
-        result, update = params.push_and_pull(gradients, version,
+        result, update = params.push_and_pull(gradient, version,
                                               WorkerReport(index, STEPS_PER_PUSH),
                                               version, aux_version)
         latency = time.perf_counter() - t0
-        records.append((sent, latency, result.version - 1 - version, update is not None))
+        records.append((sent, latency, (result.version - version) / shards - 1,
+                        update is not None))
         if update is not None:
             version, aux_version = update.version, update.aux_version
     params.close()
@@ -158,9 +165,9 @@ class Point:
 
 
 def measure(address: str, job_id: str, pids: list[int], workers: int, seconds: float,
-            rate: float | None) -> Point:
+            rate: float | None, shards: int) -> Point:
     """Run `workers` simulated workers; measure over the window after the warm-up."""
-    from drlbox.rpc.parameter_server import ParameterClient
+    from drlbox.rpc.parameter_client import ParameterClient
 
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
@@ -168,7 +175,7 @@ def measure(address: str, job_id: str, pids: list[int], workers: int, seconds: f
     start_at = time.time() + spawn_allowance + WARMUP_SECONDS
     stop_at = start_at + seconds
     procs = [ctx.Process(target=simulated_worker, daemon=True,
-                         args=(address, job_id, i, rate, start_at, stop_at, out))
+                         args=(address, job_id, i, rate, start_at, stop_at, shards, out))
              for i in range(workers)]
     for proc in procs:
         proc.start()
@@ -203,7 +210,7 @@ def run_config(name: str, model: str, extra: dict, workers: list[int], seconds: 
     points = []
     try:
         for n in workers:
-            point = measure(address, run.job.job_id, pids, n, seconds, rate)
+            point = measure(address, run.job.job_id, pids, n, seconds, rate, config.ps_shards)
             point.config = name
             points.append(point)
             print(format_row(point), flush=True)
@@ -260,15 +267,32 @@ def plot(points: list[Point], path: str) -> bool:
     return True
 
 
+OPTIONS = {"shards": "ps_shards", "staleness": "max_staleness"}
+
+
 def parse_configs(text: str) -> list[tuple[str, str, dict]]:
-    """'mlp,cnn' -> [(name, model, extra job settings)]."""
-    return [(model, model, {}) for model in text.split(",")]
+    """'mlp,cnn,cnn:shards=2:staleness=8' -> [(name, model, extra job settings)]."""
+    configs = []
+    for item in text.split(","):
+        model, *options = item.split(":")
+        if model not in MODELS:
+            raise SystemExit(f"unknown model {model!r}; choose from {sorted(MODELS)}")
+        extra = {}
+        for option in options:
+            key, _, value = option.partition("=")
+            if key not in OPTIONS:
+                raise SystemExit(f"unknown option {key!r} in {item!r}; use {sorted(OPTIONS)}")
+            extra[OPTIONS[key]] = int(value)
+        configs.append((item, model, extra))
+    return configs
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default="mlp,cnn")
+    parser.add_argument("--configs", default="mlp,cnn,cnn:shards=2",
+                        help="MODEL[:shards=K][:staleness=S], comma-separated; models: "
+                             "mlp, cnn")
     parser.add_argument("--workers", default="1,2,4,8,16,32")
     parser.add_argument("--seconds", type=float, default=6.0, help="measured seconds per point")
     parser.add_argument("--rate", type=float, default=None,
@@ -283,7 +307,7 @@ def main() -> int:
           f"{'flat out' if not args.rate else f'{args.rate} pushes/s per worker'}, "
           f"{seconds:.0f} s per point\n{HEADER}", flush=True)
     points: list[Point] = []
-    for i, (name, model, extra) in enumerate(parse_configs(args.models)):
+    for i, (name, model, extra) in enumerate(parse_configs(args.configs)):
         points += run_config(name, model, extra, workers, seconds, args.rate,
                              args.port_begin + 10 * i)
     print()

@@ -11,13 +11,14 @@ import os
 import sys
 
 DEFAULT_PORTS = {"parameter-server": 50051, "worker": 50052, "replay": 50053,
-                 "evaluator": 50054}
+                 "evaluator": 50054, "ps-shard": 50055}
 PLACEHOLDER_TOKEN_PREFIX = "REPLACE-ME"     # k8s/base ships one; no role may run with it
 ROLE_HELP = {
     "parameter-server": "hold weights and the job queue; serve the SDK (job control)",
     "worker": "collect experience and push gradients for whichever job runs",
     "replay": "hold the running job's replay memory (no TensorFlow)",
     "evaluator": "evaluate the running job's newest weights every eval_interval steps",
+    "ps-shard": "serve a slice of the running job's weights (parameter-server shard)",
 }
 
 
@@ -55,9 +56,17 @@ def build_parser() -> argparse.ArgumentParser:
         if role == "parameter-server":
             sub.add_argument("--data-dir", default=_env("DATA_DIR", "/data"),
                              help="jobs and checkpoints; keep it on a volume (DRLBOX_DATA_DIR)")
+            sub.add_argument("--shards", type=int, default=int(_env("PS_SHARDS", "1")),
+                             help="cut each job's weights into this many slices; slices 1.. "
+                                  "are served by `drlbox ps-shard` processes (DRLBOX_PS_SHARDS, "
+                                  "default 1)")
         else:
             sub.add_argument("--ps", default=_env("PS_ADDRESS"),
                              help="parameter server host:port (DRLBOX_PS_ADDRESS)")
+        if role == "ps-shard":
+            sub.add_argument("--advertise", default=_env("ADVERTISE", ""),
+                             help="host:port workers reach this shard at (DRLBOX_ADVERTISE; "
+                                  "default: its address as the parameter server sees it)")
         if role == "worker":
             sub.add_argument("--replay", default=_env("REPLAY_ADDRESS"),
                              help="replay server host:port (DRLBOX_REPLAY_ADDRESS)")
@@ -130,7 +139,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.role != "replay":
         limit_tf_threads()
     if args.role == "parameter-server":
-        cluster.run_parameter_server(endpoint, args.data_dir)
+        if args.shards < 1:
+            print(f"drlbox: --shards must be >= 1, got {args.shards}", file=sys.stderr)
+            return 2
+        cluster.run_parameter_server(endpoint, args.data_dir, args.shards)
+    elif args.role == "ps-shard":
+        cluster.run_shard(endpoint, args.advertise)
     elif args.role == "worker":
         cluster.run_worker(endpoint)
     elif args.role == "evaluator":

@@ -84,6 +84,8 @@ class TrainerConfig(SharedConfig):
     eval_interval: int | None = None
     eval_episodes: int = 20
     target_return: float | None = None
+    ps_shards: int = 1
+    max_staleness: int = 0
 
     @property
     def uses_replay(self) -> bool:
@@ -194,7 +196,8 @@ def _check_trainer(cfg: TrainerConfig) -> None:
         _need(value is None or callable(value), name, value, "None or a callable")
     for name, low in (("num_parallel", 1), ("train_steps", 1), ("rollout_maxlen", 1),
                       ("batch_size", 1), ("save_interval", 1), ("policy_eps_decay_steps", 1),
-                      ("sync_target_interval", 1), ("eval_episodes", 1)):
+                      ("sync_target_interval", 1), ("eval_episodes", 1), ("ps_shards", 1),
+                      ("max_staleness", 0)):
         value = getattr(cfg, name)
         _need(_is_int(value) and value >= low, name, value, f"an integer >= {low}")
     _need(_is_int(cfg.port_begin) and 1024 <= cfg.port_begin <= 65000, "port_begin",

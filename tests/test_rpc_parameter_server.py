@@ -1,6 +1,9 @@
-"""The parameter server over real gRPC on loopback: weights, gradients, jobs, protocol, status."""
+"""The parameter server over real gRPC on loopback: weights, gradients, jobs, protocol, status,
+and a job whose weights are cut into two shards served by two servers."""
 from __future__ import annotations
 
+import queue
+import threading
 import types
 
 import grpc
@@ -14,14 +17,18 @@ from drlbox.algorithms import make_algorithm, make_model
 from drlbox.config import trainer_config
 from drlbox.envs import make_env
 from drlbox.jobs import Job, python_version
+from drlbox.launch.shard import serve_shards
 from drlbox.layers.noisy import synced_weights
+from drlbox.ops.flat_weights import WeightLayout
 from drlbox.roles.interfaces import WorkerReport
 from drlbox.roles.param_server import ParameterServer
 from drlbox.rpc import serde
 from drlbox.rpc.generated import parameter_server_pb2 as pb
 from drlbox.rpc.generated import parameter_server_pb2_grpc as pb_grpc
-from drlbox.rpc.parameter_server import ParameterClient, SingleJob, add_parameter_server
+from drlbox.rpc.parameter_client import ParameterClient, ShardPeer
+from drlbox.rpc.parameter_server import SingleJob, add_parameter_server
 from drlbox.rpc.server import PROTOCOL_KEY, make_channel, make_server
+from drlbox.rpc.sessions import EXCHANGE_METHOD
 
 TIMEOUT = 30.0
 
@@ -32,45 +39,46 @@ def small_features(space):
     return inputs, keras.layers.Dense(16, activation="relu")(hidden)
 
 
-def nature_cnn(env):
-    """The DQN Nature CNN (~1.7M parameters, ~6.7 MB of float32); ignores env's observations."""
-    inputs = keras.Input((84, 84, 4))
-    x = keras.layers.Rescaling(1.0 / 255)(inputs)
-    x = keras.layers.Conv2D(32, 8, strides=4, activation="relu")(x)
-    x = keras.layers.Conv2D(64, 4, strides=2, activation="relu")(x)
-    x = keras.layers.Conv2D(64, 3, strides=1, activation="relu")(x)
-    x = keras.layers.Flatten()(x)
-    x = keras.layers.Dense(512, activation="relu")(x)
-    logits = keras.layers.Dense(int(env.action_space.n))(x)
-    value = keras.layers.Dense(1)(x)
-    return keras.Model(inputs, [logits, value])
+def wide_features(space):
+    """~2.1M weights (8.4 MB): more than one 8 MiB exchange frame."""
+    inputs = keras.Input(space.shape)
+    hidden = keras.layers.Dense(2048, activation="relu")(inputs)
+    return inputs, keras.layers.Dense(1024, activation="relu")(hidden)
 
 
-def cartpole():
-    return gymnasium.make("CartPole-v1")
-
-
-def start(algorithm="a3c", **kwargs):
-    """A real parameter server on an ephemeral loopback port, and a client for it."""
+def start(algorithm="a3c", shards=1, **kwargs):
+    """A real parameter server on an ephemeral loopback port (and, with shards > 1, shard
+    servers in this process), and a client for it."""
     kwargs.setdefault("train_steps", 10_000)
     if "model_maker" not in kwargs:
         kwargs.setdefault("feature_maker", small_features)
     cfg = trainer_config(algorithm, env_maker=lambda: gymnasium.make("CartPole-v1"), **kwargs)
     env = make_env(cfg.env_maker)
-    alg = make_algorithm(cfg, env.action_space)
-    model = make_model(cfg, env, alg)
+    keras.utils.set_random_seed(0)          # twins start from the same weights
+    model = make_model(cfg, env, make_algorithm(cfg, env.action_space))
     env.close()
     job = Job.new(cfg)
-    ps = ParameterServer(job.job_id, cfg, model, alg.aux_kind)
-    server, port = make_server(0, [add_parameter_server(SingleJob(job, ps))])
+    initial = WeightLayout(synced_weights(model)).flat([v.numpy() for v in model.weights])
+    ps = ParameterServer(job.job_id, cfg, model, shards=shards, connect=ShardPeer)
+    server, port = make_server(0, [add_parameter_server(SingleJob(job, ps))], max_workers=32)
     address = f"127.0.0.1:{port}"
+    stop_shards = threading.Event()
+    threads = [threading.Thread(target=serve_shards, args=(address, "127.0.0.1", 0),
+                                kwargs={"stop": stop_shards}, daemon=True)
+               for _ in range(shards - 1)]
+    for thread in threads:
+        thread.start()
     client = ParameterClient(address, job.job_id, timeout=TIMEOUT)
     return types.SimpleNamespace(cfg=cfg, model=model, job=job, ps=ps, server=server,
-                                 port=port, address=address, client=client, alg=alg)
+                                 port=port, address=address, client=client, initial=initial,
+                                 stop_shards=stop_shards, threads=threads)
 
 
 def stop(setup):
     setup.client.close()
+    setup.stop_shards.set()
+    for thread in setup.threads:
+        thread.join(10)
     setup.server.stop(0)
 
 
@@ -81,21 +89,8 @@ def a3c():
     stop(setup)
 
 
-def model_weights(model):
-    return [v.numpy() for v in synced_weights(model)]
-
-
-def assert_bitwise_equal(got, expected):
-    assert len(got) == len(expected)
-    for g, e in zip(got, expected):
-        assert g.dtype == e.dtype and g.shape == e.shape
-        assert g.tobytes() == e.tobytes()
-
-
-def small_gradients(model, scale=0.01, seed=0):
-    rng = np.random.default_rng(seed)
-    return [(scale * rng.standard_normal(tuple(v.shape))).astype(np.float32)
-            for v in model.trainable_variables]
+def small_gradient(size, scale=0.01, seed=0):
+    return (scale * np.random.default_rng(seed).standard_normal(size)).astype(np.float32)
 
 
 def rpc_error(call):
@@ -104,23 +99,49 @@ def rpc_error(call):
     return info.value
 
 
+def raw_exchange(address, frames, metadata=None):
+    """Send raw Exchange frames and return the decoded reply headers (or raise RpcError)."""
+    channel = make_channel(address) if metadata is None else grpc.insecure_channel(address)
+    try:
+        call = channel.stream_stream(EXCHANGE_METHOD)(iter(frames), timeout=TIMEOUT,
+                                                      metadata=metadata)
+        replies = []
+        for raw in call:
+            header, _ = serde.decode_frame(raw)
+            if header is not None:
+                replies.append(pb.ReplyHeader.FromString(header))
+        return replies
+    finally:
+        channel.close()
+
+
+def request(job_id, gradient=None, **fields):
+    header = pb.RequestHeader(job_id=job_id, newer_than=-1, aux_newer_than=-1, **fields)
+    if gradient is not None and "gradient_values" not in fields:
+        header.gradient_values = len(gradient)
+    data = b"" if gradient is None else serde.float_bytes(gradient)
+    return serde.data_frames(header.SerializeToString(), data)
+
+
 # --- weights -------------------------------------------------------------------------------
 
 def test_weights_round_trip_exactly(a3c):
     update = a3c.client.get_weights(newer_than=-1)
     assert update is not None
     assert update.version == 0 and update.aux is None
-    assert_bitwise_equal(update.weights, model_weights(a3c.model))
+    assert update.weights.dtype == np.float32
+    assert update.weights.tobytes() == a3c.initial.tobytes()
 
 
 def test_get_weights_newer_than_current_is_none_until_a_push(a3c):
     current = a3c.client.get_weights(-1).version
     assert a3c.client.get_weights(newer_than=current) is None
-    result = a3c.client.push(small_gradients(a3c.model), current, WorkerReport(env_steps=1))
+    result, _ = a3c.client.push_and_pull(small_gradient(a3c.ps.size), current,
+                                         WorkerReport(env_steps=1), current)
     assert result.version == current + 1
     update = a3c.client.get_weights(newer_than=current)
     assert update is not None and update.version == current + 1
-    assert_bitwise_equal(update.weights, model_weights(a3c.model))
+    assert update.weights.tobytes() == a3c.ps.shard0.weights().tobytes()
     assert a3c.client.get_weights(newer_than=update.version) is None
 
 
@@ -130,85 +151,122 @@ def test_caller_ahead_of_the_server_gets_its_weights(a3c):
     current = a3c.client.get_weights(-1).version
     update = a3c.client.get_weights(newer_than=current + 5)
     assert update is not None and update.version == current
-    assert_bitwise_equal(update.weights, model_weights(a3c.model))
+    assert update.weights.tobytes() == a3c.initial.tobytes()
 
 
-def test_push_of_correct_gradients_changes_weights_and_bumps_version(a3c):
+def test_push_applies_the_gradient_and_bumps_version(a3c):
     before = a3c.client.get_weights(-1)
-    result = a3c.client.push(small_gradients(a3c.model), before.version,
-                             WorkerReport(worker=3, env_steps=5))
+    result, after = a3c.client.push_and_pull(small_gradient(a3c.ps.size), before.version,
+                                             WorkerReport(worker=3, env_steps=5), before.version)
     assert result.version == before.version + 1
     assert result.global_steps == 5 and not result.stop
-    after = a3c.client.get_weights(before.version)
     assert after.version == result.version
-    changed = [not np.array_equal(a, b) for a, b in zip(before.weights, after.weights)]
-    assert all(changed), "every trainable array should move after an Adam step"
-    assert_bitwise_equal(after.weights, model_weights(a3c.model))
+    assert np.all(after.weights != before.weights), "every weight moves after an Adam step"
+    assert after.weights.tobytes() == a3c.ps.shard0.weights().tobytes()
     status = a3c.client.status()
     assert status.updates == 1 and status.version == result.version
-    assert "grad_norm" in status.stats and np.isfinite(status.stats["grad_norm"])
+    assert status.stats["staleness"] == 0.0
 
 
-def _wrong_shape(grads):
-    grads[0] = np.zeros(grads[0].shape[::-1] + (1,), np.float32)
-    return grads, "must be float32"
-
-
-def _wrong_dtype(grads):
-    grads[1] = grads[1].astype(np.float64)
-    return grads, "float64"
-
-
-def _wrong_count(grads):
-    n = len(grads)
-    return grads[:-1], f"expected {n} gradient arrays, got {n - 1}"
-
-
-def _nan(grads):
-    grads[2] = grads[2].copy()
-    grads[2].flat[0] = np.nan
-    return grads, "NaN"
-
-
-def _inf(grads):
-    grads[0] = grads[0].copy()
-    grads[0].flat[-1] = np.inf
-    return grads, "infinite"
-
-
-@pytest.mark.parametrize("spoil", [_wrong_shape, _wrong_dtype, _wrong_count, _nan, _inf],
-                         ids=["shape", "dtype", "count", "nan", "inf"])
-def test_bad_gradients_are_refused_and_change_nothing(a3c, spoil):
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf, 1e20],
+                         ids=["nan", "inf", "-inf", "overflowing"])
+def test_a_gradient_that_is_not_finite_is_refused_and_changes_nothing(a3c, value):
     before = a3c.client.get_weights(-1)
     before_status = a3c.client.status()
-    grads, expected = spoil(small_gradients(a3c.model))
-    err = rpc_error(lambda: a3c.client.push(grads, before.version, WorkerReport(env_steps=9)))
+    gradient = small_gradient(a3c.ps.size)
+    gradient[7] = value
+    err = rpc_error(lambda: a3c.client.push_and_pull(gradient, 0, WorkerReport(env_steps=9),
+                                                     0))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "gradients refused" in err.details()
-    assert expected in err.details()
+    assert "gradients refused" in err.details() and "NaN or infinite" in err.details()
     after = a3c.client.get_weights(-1)
     assert after.version == before.version
-    assert_bitwise_equal(after.weights, before.weights)
-    assert_bitwise_equal(model_weights(a3c.model), before.weights)
+    assert after.weights.tobytes() == before.weights.tobytes()
     status = a3c.client.status()
     assert (status.version, status.updates, status.global_steps) == (
         before_status.version, before_status.updates, before_status.global_steps)
 
 
-def test_wrong_shape_message_names_both_shapes(a3c):
-    grads = small_gradients(a3c.model)
-    var = a3c.model.trainable_variables[0]
-    grads[0] = np.zeros((7, 7), np.float32)
-    err = rpc_error(lambda: a3c.client.push(grads, 0, WorkerReport()))
-    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert str(tuple(var.shape)) in err.details() and "(7, 7)" in err.details()
+def test_a_gradient_above_the_clip_norm_is_scaled_down_to_it(a3c):
+    """Workers clip; the server still bounds each slice, so one huge push moves the weights no
+    further than a clipped one would."""
+    big = small_gradient(a3c.ps.size) * 1e6
+    clipped = big * np.float32(a3c.cfg.opt_clip_norm / np.linalg.norm(big))
+    twin = start("a3c")
+    try:
+        a3c.client.push_and_pull(big, 0, WorkerReport(), 0)
+        twin.client.push_and_pull(clipped, 0, WorkerReport(), 0)
+        np.testing.assert_allclose(a3c.ps.shard0.weights(), twin.ps.shard0.weights(),
+                                   rtol=0, atol=1e-6)
+    finally:
+        stop(twin)
+
+
+def test_wrong_gradient_sizes_and_malformed_frames_are_refused(a3c):
+    job_id, size = a3c.job.job_id, a3c.ps.size
+    cases = {
+        "too few values": (request(job_id, small_gradient(size - 1)), "has %d weights" % size),
+        "announced more than sent": (
+            request(job_id, small_gradient(size), gradient_values=size + 1),
+            "has %d weights" % size),
+        "stream ends early": ([serde.encode_frame(
+            pb.RequestHeader(job_id=job_id, gradient_values=size).SerializeToString(),
+            serde.float_bytes(small_gradient(9)))], "ended before the gradient was complete"),
+        "data without a header": ([serde.encode_frame(None, b"\0" * 8)], "header"),
+        "garbage": ([b"\xff\xff\xff"], "malformed frame"),
+    }
+    for name, (frames, expected) in cases.items():
+        err = rpc_error(lambda: raw_exchange(a3c.address, frames))
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, name
+        assert expected in err.details(), (name, err.details())
+    status = a3c.client.status()
+    assert status.version == 0 and status.updates == 0
 
 
 def test_progress_only_push_keeps_weights(a3c):
     before = a3c.client.get_weights(-1)
-    result = a3c.client.push(None, before.version, WorkerReport(env_steps=4))
+    result, update = a3c.client.push_and_pull(None, before.version, WorkerReport(env_steps=4),
+                                              before.version)
     assert result.version == before.version and result.global_steps == 4
+    assert update is None
     assert a3c.client.get_weights(before.version) is None
+
+
+def test_frames_of_any_size_carry_a_model_bigger_than_one_frame():
+    setup = start("a3c", feature_maker=wide_features)
+    try:
+        assert setup.ps.size * 4 > serde.FRAME_DATA_BYTES
+        update = setup.client.get_weights(-1)
+        assert update.weights.tobytes() == setup.initial.tobytes()
+        result, after = setup.client.push_and_pull(small_gradient(setup.ps.size, 1e-3),
+                                                   update.version, WorkerReport(env_steps=1),
+                                                   update.version)
+        assert result.version == after.version == update.version + 1
+        assert after.weights.tobytes() == setup.ps.shard0.weights().tobytes()
+    finally:
+        stop(setup)
+
+
+# --- staleness -----------------------------------------------------------------------------
+
+def test_max_staleness_sends_weights_only_once_the_caller_lags_beyond_it():
+    setup = start("a3c", max_staleness=2)
+    try:
+        held = setup.client.get_weights(-1).version
+        sent = []
+        for _ in range(6):
+            _, update = setup.client.push_and_pull(small_gradient(setup.ps.size), held,
+                                                   WorkerReport(env_steps=1), held)
+            sent.append(update is not None)
+            if update is not None:
+                held = update.version
+        # Lag after each push: 1, 2, 3 (sent, holds 3), 1, 2, 3 (sent).
+        assert sent == [False, False, True, False, False, True]
+        # A plain pull sends whatever changed, whatever the rule.
+        setup.client.push_and_pull(small_gradient(setup.ps.size), held, WorkerReport(), held)
+        assert setup.client.get_weights(held) is not None
+    finally:
+        stop(setup)
 
 
 # --- jobs and protocol ---------------------------------------------------------------------
@@ -217,8 +275,8 @@ def test_unknown_job_is_not_found_naming_both_ids(a3c):
     stranger = ParameterClient(a3c.address, "a3c-nosuchjob", timeout=TIMEOUT)
     try:
         calls = {
-            "push": lambda: stranger.push(small_gradients(a3c.model), 0, WorkerReport()),
-            "progress push": lambda: stranger.push(None, 0, WorkerReport(env_steps=1)),
+            "push": lambda: stranger.push_and_pull(small_gradient(a3c.ps.size), 0,
+                                                   WorkerReport(), 0),
             "get_weights": lambda: stranger.get_weights(-1),
             "status": stranger.status,
             "report_evaluation": lambda: stranger.report_evaluation(0, [1.0]),
@@ -231,6 +289,10 @@ def test_unknown_job_is_not_found_naming_both_ids(a3c):
             assert a3c.job.job_id in err.details(), name
     finally:
         stranger.close()
+    err = rpc_error(lambda: raw_exchange(a3c.address, request("a3c-nosuchjob")))
+    assert err.code() == grpc.StatusCode.NOT_FOUND and "a3c-nosuchjob" in err.details()
+    err = rpc_error(lambda: raw_exchange(a3c.address, request(a3c.job.job_id, shard=1)))
+    assert err.code() == grpc.StatusCode.NOT_FOUND and "no slice 1" in err.details()
     status = a3c.client.status()
     assert status.running and status.global_steps == 0 and status.version == 0
 
@@ -242,13 +304,11 @@ def test_call_without_protocol_metadata_is_refused_but_health_answers(a3c):
         calls = {
             "GetStatus": lambda: stub.GetStatus(pb.StatusRequest(job_id=job_id),
                                                 timeout=TIMEOUT),
-            "GetWeights": lambda: list(stub.GetWeights(
-                pb.WeightsRequest(job_id=job_id, newer_than=-1), timeout=TIMEOUT)),
             "GetJob": lambda: list(stub.GetJob(
                 pb.JobRequest(python_version=python_version()), timeout=TIMEOUT)),
-            "PushGradients": lambda: stub.PushGradients(
-                iter([pb.GradientsChunk(job_id=job_id, report=pb.WorkerReport(env_steps=3))]),
-                timeout=TIMEOUT),
+            "Exchange": lambda: raw_exchange(a3c.address, request(
+                job_id, small_gradient(a3c.ps.size), report=pb.WorkerReport(env_steps=3)),
+                metadata=()),
         }
         for name, call in calls.items():
             err = rpc_error(call)
@@ -299,6 +359,8 @@ def test_get_job_refuses_another_python_version(a3c):
                                   timeout=TIMEOUT))
         assert chunks[0].job_id == a3c.job.job_id
         assert '"algorithm": "a3c"' in chunks[0].config_json
+        assert [(s.address, s.start, s.stop) for s in chunks[0].shards] == [
+            ("", 0, a3c.ps.size)]
     finally:
         channel.close()
 
@@ -306,10 +368,11 @@ def test_get_job_refuses_another_python_version(a3c):
 # --- status --------------------------------------------------------------------------------
 
 def test_status_round_trip_after_reports(a3c):
-    a3c.client.push(small_gradients(a3c.model), 0,
-                    WorkerReport(worker=0, env_steps=10, episode_returns=[1.0, 3.0],
-                                 episode_lengths=[4, 6], stats={"loss": 0.5}))
-    a3c.client.push(None, 1, WorkerReport(worker=1, env_steps=7, episode_returns=[5.0]))
+    a3c.client.push_and_pull(small_gradient(a3c.ps.size), 0,
+                             WorkerReport(worker=0, env_steps=10, episode_returns=[1.0, 3.0],
+                                          episode_lengths=[4, 6], stats={"loss": 0.5}), 0)
+    a3c.client.push_and_pull(None, 1, WorkerReport(worker=1, env_steps=7, episode_returns=[5.0]),
+                             1)
     a3c.client.report_evaluation(17, [2.0, 4.0])
     status = a3c.client.status()
     assert status.job_id == a3c.job.job_id
@@ -325,8 +388,8 @@ def test_status_round_trip_after_reports(a3c):
     assert status.evaluations[0].mean_return == pytest.approx(3.0)
     assert status.evaluations[0].episodes == 2
     # Reaching train_steps ends the job and the push reply says so.
-    result = a3c.client.push(None, 1, WorkerReport(env_steps=10_000))
-    assert result.stop
+    result, update = a3c.client.push_and_pull(None, 1, WorkerReport(env_steps=10_000), -1)
+    assert result.stop and update is None
     done = a3c.client.status()
     assert done.state == "done" and not done.running and "train_steps" in done.message
 
@@ -334,136 +397,131 @@ def test_status_round_trip_after_reports(a3c):
 def test_stop_over_grpc(a3c):
     status = a3c.client.stop("test says stop")
     assert status.state == "stopped" and status.message == "test says stop"
-    assert a3c.client.push(None, 0, WorkerReport(env_steps=1)).stop
-
-
-# --- a model bigger than gRPC's default 4 MB message limit -----------------------------------
-
-def test_large_model_moves_both_ways():
-    setup = start("a3c", model_maker=nature_cnn)
-    try:
-        expected = model_weights(setup.model)
-        assert len(serde.encode_arrays(expected)) > 4 << 20
-        update = setup.client.get_weights(-1)
-        assert_bitwise_equal(update.weights, expected)
-
-        grads = small_gradients(setup.model, scale=1e-3)
-        assert len(serde.encode_arrays(grads)) > 4 << 20
-        result = setup.client.push(grads, update.version, WorkerReport(env_steps=1))
-        assert result.version == update.version + 1
-        after = setup.client.get_weights(update.version)
-        assert after.version == result.version
-        assert_bitwise_equal(after.weights, model_weights(setup.model))
-        assert not np.array_equal(after.weights[0], update.weights[0])
-    finally:
-        stop(setup)
+    result, update = a3c.client.push_and_pull(None, 0, WorkerReport(env_steps=1), -1)
+    assert result.stop and update is None
 
 
 # --- aux weight sets -----------------------------------------------------------------------
 
-def test_acer_average_weights_arrive_with_weights():
+def test_acer_average_weights_follow_the_new_weights():
     setup = start("acer", acer_soft_update_ratio=0.05)
     try:
         first = setup.client.get_weights(-1)
         assert first.aux is not None and first.aux_version == 0
-        assert_bitwise_equal(first.aux, first.weights)
+        assert first.aux.tobytes() == first.weights.tobytes()
         assert setup.client.get_weights(0, 0) is None
 
-        setup.client.push(small_gradients(setup.model), 0, WorkerReport(env_steps=1))
-        second = setup.client.get_weights(0, 0)
+        _, second = setup.client.push_and_pull(small_gradient(setup.ps.size), 0,
+                                               WorkerReport(env_steps=1), 0, 0)
         assert second.version == 1 and second.aux_version == 1
-        assert_bitwise_equal(second.weights, model_weights(setup.model))
-        expected = [(1.0 - 0.05) * avg + 0.05 * new
-                    for avg, new in zip(first.aux, second.weights)]
-        assert_bitwise_equal(second.aux, expected)
-        assert not np.array_equal(second.aux[0], second.weights[0])
+        expected = (1.0 - 0.05) * first.aux + 0.05 * second.weights
+        assert second.aux.tobytes() == expected.astype(np.float32).tobytes()
+        assert not np.array_equal(second.aux, second.weights)
         assert setup.client.get_weights(1, 1) is None
         # An up-to-date online set but an old average set: the average set comes anyway.
         aux_only = setup.client.get_weights(1, 0)
-        assert aux_only is not None and aux_only.aux is not None
-        assert_bitwise_equal(aux_only.aux, second.aux)
+        assert aux_only is not None and aux_only.aux.tobytes() == second.aux.tobytes()
     finally:
         stop(setup)
 
 
-def test_dqn_target_weights_sent_only_when_newer():
+def test_dqn_target_weights_are_sent_only_when_they_changed():
     setup = start("dqn", sync_target_interval=2)
     try:
         initial = setup.client.get_weights(-1, -1)
         assert initial.aux is not None and initial.aux_version == 0
-        assert_bitwise_equal(initial.aux, initial.weights)
+        assert initial.aux.tobytes() == initial.weights.tobytes()
 
-        setup.client.push(small_gradients(setup.model, seed=1), 0, WorkerReport(env_steps=1))
-        one = setup.client.get_weights(0, 0)
+        _, one = setup.client.push_and_pull(small_gradient(setup.ps.size, seed=1), 0,
+                                            WorkerReport(env_steps=1), 0, 0)
         assert one.version == 1 and one.aux_version == 0
         assert one.aux is None, "the target set did not change, so it must not be sent"
-        assert_bitwise_equal(one.weights, model_weights(setup.model))
         with_aux = setup.client.get_weights(0, -1)
-        assert with_aux.aux is not None
-        assert_bitwise_equal(with_aux.aux, initial.weights)
-        assert setup.client.get_weights(1, 0) is None
+        assert with_aux.aux.tobytes() == initial.weights.tobytes()
 
-        setup.client.push(small_gradients(setup.model, seed=2), 1, WorkerReport(env_steps=1))
-        two = setup.client.get_weights(1, 0)
-        assert two.version == 2 and two.aux_version == 2
-        assert two.aux is not None
-        assert_bitwise_equal(two.weights, model_weights(setup.model))
-        assert_bitwise_equal(two.aux, two.weights)
-        assert setup.client.get_weights(2, 2) is None
-        no_aux = setup.client.get_weights(1, 2)
-        assert no_aux is not None and no_aux.version == 2 and no_aux.aux is None
-    finally:
-        stop(setup)
-
-
-# --- push and pull in one call -------------------------------------------------------------
-
-def test_push_and_pull_returns_the_weights_the_push_made(a3c):
-    first = a3c.client.get_weights(-1)
-    result, update = a3c.client.push_and_pull(small_gradients(a3c.model), first.version,
-                                              WorkerReport(env_steps=3), first.version)
-    assert result.version == update.version == first.version + 1
-    assert result.global_steps == 3 and not result.stop
-    assert_bitwise_equal(update.weights, model_weights(a3c.model))
-    # A progress-only push changes nothing, so nothing comes back.
-    result, update = a3c.client.push_and_pull(None, result.version, WorkerReport(env_steps=2),
-                                              result.version)
-    assert update is None and result.global_steps == 5
-    # A stopped job sends no weights either, whatever the caller holds.
-    a3c.ps.stop("test")
-    result, update = a3c.client.push_and_pull(None, 0, WorkerReport(), -1)
-    assert result.stop and update is None
-
-
-def test_push_and_pull_of_a_large_model_goes_in_chunks():
-    setup = start("a3c", model_maker=nature_cnn)
-    try:
-        # Weights over one chunk with a small (progress-only) push: pulled by GetWeights.
-        _, first = setup.client.push_and_pull(None, -1, WorkerReport(env_steps=1), -1)
-        assert_bitwise_equal(first.weights, model_weights(setup.model))
-        # Gradients over one chunk: pushed by PushGradients, then pulled.
-        result, update = setup.client.push_and_pull(small_gradients(setup.model, scale=1e-3),
-                                                    first.version, WorkerReport(env_steps=1),
-                                                    first.version)
-        assert result.version == update.version == first.version + 1
-        assert_bitwise_equal(update.weights, model_weights(setup.model))
-    finally:
-        stop(setup)
-
-
-def test_push_and_pull_sends_the_target_set_only_when_the_caller_lacks_it():
-    setup = start("dqn", sync_target_interval=2)
-    try:
-        _, one = setup.client.push_and_pull(small_gradients(setup.model, seed=1), 0,
-                                            WorkerReport(env_steps=1), 0, 0)
-        assert one.version == 1 and one.aux_version == 0 and one.aux is None
-        _, two = setup.client.push_and_pull(small_gradients(setup.model, seed=2), 1,
+        _, two = setup.client.push_and_pull(small_gradient(setup.ps.size, seed=2), 1,
                                             WorkerReport(env_steps=1), 1, 0)
         assert two.version == 2 and two.aux_version == 2
-        assert_bitwise_equal(two.aux, two.weights)
+        assert two.aux.tobytes() == two.weights.tobytes()
+        assert setup.client.get_weights(2, 2) is None
         # In process, the role answers the same way.
-        _, three = setup.ps.push_and_pull(small_gradients(setup.model, seed=3), 2,
+        _, three = setup.ps.push_and_pull(small_gradient(setup.ps.size, seed=3), 2,
                                           WorkerReport(env_steps=1), 2, 2)
         assert three.version == 3 and three.aux is None
+    finally:
+        stop(setup)
+
+
+# --- shards --------------------------------------------------------------------------------
+
+def test_two_shards_serve_one_job_as_one_parameter_server(tmp_path):
+    setup = start("acer", shards=2, save_dir=str(tmp_path), save_interval=10**9)
+    twin = start("acer")
+    try:
+        first = setup.client.get_weights(-1, -1)     # waits until the shard has joined
+        assert len(setup.client.get_shards().shards) == 2
+        lo, hi = setup.ps.bounds[1]
+        assert 0 < lo < hi == setup.ps.layout.size == first.weights.size
+        assert first.weights.tobytes() == setup.initial.tobytes()
+        # The same pushes on a 2-shard and a 1-shard server give the same weights, as the
+        # worker clips the whole gradient and Adam is elementwise.
+        held, twin_held = first.version, twin.client.get_weights(-1).version
+        for seed in range(3):
+            gradient = small_gradient(first.weights.size, seed=seed)
+            result, update = setup.client.push_and_pull(gradient, held, WorkerReport(env_steps=2),
+                                                        held, held)
+            _, twin_update = twin.client.push_and_pull(gradient, twin_held, WorkerReport(
+                env_steps=2), twin_held, twin_held)
+            held, twin_held = update.version, twin_update.version
+            assert result.global_steps == 2 * (seed + 1)
+            np.testing.assert_array_equal(update.weights, twin_update.weights)
+            np.testing.assert_array_equal(update.aux, twin_update.aux)
+        # A checkpoint gathers both slices into one .keras model.
+        setup.ps.save_now()
+        path = setup.client.status().checkpoints[-1].path
+        saved = keras.models.load_model(path, compile=False)
+        flat = WeightLayout(synced_weights(saved)).flat([v.numpy() for v in saved.weights])
+        np.testing.assert_array_equal(flat, update.weights)
+    finally:
+        stop(setup)
+        stop(twin)
+
+
+def test_a_lost_shard_is_served_again_from_its_last_snapshot():
+    setup = start("a3c", shards=2)
+    try:
+        first = setup.client.get_weights(-1)
+        lo, hi = setup.ps.bounds[1]
+        setup.client.push_and_pull(small_gradient(first.weights.size), first.version,
+                                   WorkerReport(env_steps=1), first.version)
+        snapshot = setup.ps.slots.snapshot()[0]
+        assert snapshot.version == 1
+        setup.client.push_and_pull(small_gradient(first.weights.size, seed=1), -1,
+                                   WorkerReport(env_steps=1), -1)
+        # The shard's process goes away; a new one joins and resumes from the snapshot.
+        setup.stop_shards.set()
+        setup.threads[0].join(10)
+        setup.stop_shards.clear()
+        replacement = threading.Thread(target=serve_shards, args=(setup.address, "127.0.0.1", 0),
+                                       kwargs={"stop": setup.stop_shards}, daemon=True)
+        setup.threads.append(replacement)
+        replacement.start()
+        errors = queue.SimpleQueue()
+
+        def push():
+            try:
+                setup.client.push_and_pull(small_gradient(first.weights.size, seed=2), -1,
+                                           WorkerReport(env_steps=1), -1)
+            except Exception as err:  # noqa: BLE001
+                errors.put(err)
+
+        pusher = threading.Thread(target=push)
+        pusher.start()
+        pusher.join(60)
+        assert errors.empty(), errors.get()
+        update = setup.client.get_weights(-1)
+        restored = setup.ps.slots.snapshot()[0]
+        assert restored.version == snapshot.version + 1   # the snapshot plus the last push
+        assert update.weights[lo:hi].tobytes() == restored.weights.tobytes()
     finally:
         stop(setup)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from conftest import cartpole
@@ -31,34 +32,56 @@ def worker_and_server(algorithm="a3c", **kwargs):
     return RolloutWorker(cfg, server, None, 0, seed=1), server
 
 
-def eager_gradients(worker, arrays, batch):
-    """Reference: a copy of the model holding `arrays`, differentiated eagerly."""
+def eager_gradient(worker, arrays, batch, clip_norm):
+    """Reference: a copy of the model holding `arrays`, differentiated eagerly; its gradients
+    flattened in variable order and scaled down to a global norm of at most clip_norm."""
     model = keras.models.clone_model(worker.model)
     for var, array in zip(synced_weights(model), arrays):
         var.assign(array)
     with tf.GradientTape() as tape:
         out = worker.algorithm.loss(model, None, {k: tf.constant(v) for k, v in batch.items()})
-    return [g.numpy() for g in tape.gradient(out.loss, model.trainable_variables)]
+    grads = tape.gradient(out.loss, model.trainable_variables)
+    flat = np.concatenate([g.numpy().ravel() for g in grads])
+    norm = float(np.sqrt(np.sum(flat.astype(np.float64) ** 2)))
+    return flat * min(1.0, clip_norm / norm), norm
+
+
+def perturbed_weights(worker, server):
+    rng = np.random.default_rng(0)
+    arrays = worker.layout.merge(server.get_weights(-1).weights, [])
+    return [(a + 0.1 * rng.standard_normal(a.shape)).astype(np.float32) for a in arrays]
 
 
 def test_gradient_step_at_given_weights_matches_eager_reference_and_leaves_variables():
     worker, server = worker_and_server()
     worker.sync()
     batch = pack_lists(worker.collector.collect(4, 0), worker.config.discount, None)
-    rng = np.random.default_rng(0)
-    arrays = [(a + 0.1 * rng.standard_normal(a.shape)).astype(np.float32)
-              for a in server.get_weights(-1).weights]
+    arrays = perturbed_weights(worker, server)
     before = [v.numpy().copy() for v in worker.model.variables]
 
-    grads, stats, _ = worker.gradient_step(worker.layout.flat(arrays), batch)
+    grad, stats, _ = worker.gradient_step(worker.layout.flat(arrays), batch)
 
-    reference = eager_gradients(worker, arrays, batch)
-    assert len(grads) == len(reference)
-    for got, want in zip(grads, reference):
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+    reference, norm = eager_gradient(worker, arrays, batch, worker.config.opt_clip_norm)
+    assert grad.shape == reference.shape == (worker.layout.size,)
+    np.testing.assert_allclose(grad, reference, rtol=1e-4, atol=1e-6)
+    assert stats["grad_norm"] == pytest.approx(norm, rel=1e-4)
     assert set(stats) >= {"policy_loss", "value_loss", "entropy"}
     for var, old in zip(worker.model.variables, before):
         np.testing.assert_array_equal(var.numpy(), old)
+
+
+def test_gradient_step_clips_the_whole_gradient_by_its_global_norm():
+    worker, server = worker_and_server(opt_clip_norm=1e-3)
+    worker.sync()
+    batch = pack_lists(worker.collector.collect(4, 0), worker.config.discount, None)
+    arrays = perturbed_weights(worker, server)
+
+    grad, stats, _ = worker.gradient_step(worker.layout.flat(arrays), batch)
+
+    reference, norm = eager_gradient(worker, arrays, batch, 1e-3)
+    assert norm > 1e-3, "the test needs a gradient that clipping changes"
+    assert np.linalg.norm(grad) == pytest.approx(1e-3, rel=1e-4)
+    np.testing.assert_allclose(grad, reference, rtol=1e-4, atol=1e-9)
 
 
 def test_gradient_step_advances_dropout_state_between_calls():
@@ -68,7 +91,7 @@ def test_gradient_step_advances_dropout_state_between_calls():
     first, _, _ = worker.gradient_step(worker.flat_weights, batch)
     second, _, _ = worker.gradient_step(worker.flat_weights, batch)
     # Same weights and batch: only a fresh dropout mask can make the gradients differ.
-    assert not np.allclose(first[0], second[0])
+    assert not np.allclose(first, second)
 
 
 def test_worker_acts_and_learns_with_the_newest_weights():
@@ -79,11 +102,11 @@ def test_worker_acts_and_learns_with_the_newest_weights():
     worker.sync()
     assert worker.version == server.version == worker.pushes
     now = server.get_weights(-1).weights
-    np.testing.assert_array_equal(worker.flat_weights, worker.layout.flat(now))
+    np.testing.assert_array_equal(worker.flat_weights, now)
     # Acting uses them too: the NumPy forward pass equals the Keras model holding them.
     probe = np.random.default_rng(1).standard_normal((3, 4)).astype(np.float32)
     reference = keras.models.clone_model(worker.model)
-    reference.set_weights(now)
+    reference.set_weights(worker.layout.merge(now, []))
     np.testing.assert_allclose(worker.predict(probe)[0], reference(probe)[0].numpy(),
                                rtol=1e-5, atol=1e-5)
 
@@ -98,7 +121,8 @@ def test_dqn_worker_receives_target_weights_when_they_change():
     worker.exchange.wait()
     worker.sync()
     assert server.aux_version >= 2 and worker.aux_version == server.aux_version
-    for var, array in zip(synced_weights(worker.aux_model), server.get_weights(-1, -1).aux):
+    target = worker.aux_layout.merge(server.get_weights(-1, -1).aux, [])
+    for var, array in zip(synced_weights(worker.aux_model), target):
         np.testing.assert_array_equal(var.numpy(), array)
 
 

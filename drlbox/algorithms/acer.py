@@ -23,7 +23,16 @@ class ACER(Algorithm):
     """Actor-critic with experience replay; discrete actions."""
 
     name = "acer"
-    aux_kind = "average"
+
+    @classmethod
+    def aux_rule(cls, config):
+        """The average net moves `acer_soft_update_ratio` of the way to the new weights."""
+        ratio = config.acer_soft_update_ratio
+
+        def polyak(average, weights, updates):
+            return (1.0 - ratio) * average + ratio * weights
+
+        return polyak
 
     def output_spec(self):
         return [("logits", self.num_actions), ("q_values", self.num_actions)]

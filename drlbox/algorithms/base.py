@@ -20,6 +20,11 @@ from drlbox.layers.noisy import NoisyDense
 from drlbox.ops.distributions import Categorical, DiagGaussian
 
 
+# How the parameter server's auxiliary weights follow the online ones after an update:
+# (aux, new online weights, updates so far) -> the new aux weights, or None when unchanged.
+AuxRule = Callable[[np.ndarray, np.ndarray, int], "np.ndarray | None"]
+
+
 class LossOutput(NamedTuple):
     """A loss, scalars to report (name -> scalar tensor), and one replay priority per list."""
 
@@ -95,8 +100,6 @@ class Algorithm:
     """Base of the four algorithms; subclasses fill in heads, acting and loss."""
 
     name = ""
-    # Extra weight set the parameter server keeps: None, "average" (ACER) or "target" (DQN).
-    aux_kind: str | None = None
     continuous_ok = False
 
     def __init__(self, config: Any, action_space: spaces.Space):
@@ -107,6 +110,17 @@ class Algorithm:
         self.action_space = action_space
         self.num_actions = action_dim(action_space)
         self.dist = distribution(action_space)
+
+    @classmethod
+    def aux_rule(cls, config: Any) -> AuxRule | None:
+        """How an auxiliary weight set (ACER's average net, DQN's target net) follows the
+        online weights on the parameter server; None when the algorithm keeps none."""
+        return None
+
+    @property
+    def uses_aux(self) -> bool:
+        """Whether the loss reads an auxiliary network."""
+        return self.aux_rule(self.config) is not None
 
     # --- model -------------------------------------------------------------------------
     def build_model(self, inputs: Any, feature: Any) -> keras.Model:

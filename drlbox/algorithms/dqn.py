@@ -27,7 +27,17 @@ class DQN(Algorithm):
     """n-step Q-learning; discrete actions."""
 
     name = "dqn"
-    aux_kind = "target"
+
+    @classmethod
+    def aux_rule(cls, config):
+        """The target net becomes a copy of the online one every `sync_target_interval`
+        updates."""
+        interval = config.sync_target_interval
+
+        def sync(target, weights, updates):
+            return weights.copy() if updates % interval == 0 else None
+
+        return sync
 
     def output_spec(self):
         return [("q_values", self.num_actions)]

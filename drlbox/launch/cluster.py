@@ -43,20 +43,24 @@ def _wait_for_termination() -> threading.Event:
     return done
 
 
-def run_parameter_server(endpoint: Endpoint, data_dir: str) -> None:
-    """Serve job control and the running job's weights until terminated."""
-    from drlbox.launch.processes import build_parameter_server
+def run_parameter_server(endpoint: Endpoint, data_dir: str, shards: int = 1) -> None:
+    """Serve job control and the running job's weights until terminated; with shards > 1,
+    each job's weights are cut into that many slices and slices 1.. wait for `ps-shard`
+    processes to join."""
+    from drlbox.launch.processes import PS_THREADS, build_parameter_server
     from drlbox.roles.job_host import JobHost
     from drlbox.rpc.job_control import add_job_control
     from drlbox.rpc.parameter_server import add_parameter_server
     from drlbox.rpc.server import make_server
 
     done = _wait_for_termination()
-    host = JobHost(data_dir, build_parameter_server)
+    host = JobHost(data_dir, lambda job, resume_file: build_parameter_server(
+        job, resume_file, shards, endpoint.security))
     server, port = make_server(endpoint.port, [add_parameter_server(host), add_job_control(host)],
-                               host=endpoint.host, max_workers=16, security=endpoint.security)
-    log.warning("parameter server listening on %s:%d, jobs under %s", endpoint.host, port,
-                host.data_dir)
+                               host=endpoint.host, max_workers=PS_THREADS,
+                               security=endpoint.security)
+    log.warning("parameter server listening on %s:%d, jobs under %s, %d shard(s)",
+                endpoint.host, port, host.data_dir, shards)
     engine = threading.Thread(target=host.serve_forever, args=(done,), name="job-queue",
                               daemon=True)
     engine.start()
@@ -74,7 +78,7 @@ def _exit_now(signum: int, frame: Any) -> None:
 def _idle_loop(role: str, endpoint: Endpoint, work: Callable[[Any, Any, dict], None]) -> None:
     """Poll for a job, `work(params, job, state)` on it, go back to idle; forever."""
     from drlbox.launch.processes import status_server
-    from drlbox.rpc.parameter_server import ParameterClient
+    from drlbox.rpc.parameter_client import ParameterClient
 
     state = {"state": "idle", "job_id": "", "counters": {}}
     server = status_server(endpoint.port, role, state, host=endpoint.host,  # noqa: F841
@@ -167,7 +171,7 @@ def run_replay(endpoint: Endpoint) -> None:
     from drlbox.config import REPLAY_DEFAULTS
     from drlbox.replay import make_replay
     from drlbox.roles.replay import ReplayTable
-    from drlbox.rpc.parameter_server import ParameterClient
+    from drlbox.rpc.parameter_client import ParameterClient
     from drlbox.rpc.replay import add_replay
     from drlbox.rpc.server import make_server
 
@@ -191,3 +195,11 @@ def run_replay(endpoint: Endpoint) -> None:
     log.warning("replay server listening on %s:%d", endpoint.host, port)
     done.wait()
     server.stop(grace=1.0).wait()
+
+
+def run_shard(endpoint: Endpoint, advertise: str = "") -> None:
+    """A parameter-server shard: serve a slice of whichever job needs one (see launch.shard)."""
+    from drlbox.launch.shard import serve_shards
+
+    serve_shards(endpoint.ps_address, endpoint.host, endpoint.port, endpoint.security,
+                 advertise, _wait_for_termination())

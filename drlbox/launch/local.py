@@ -100,6 +100,8 @@ class LocalRun:
         self._spawn("parameter-server", "parameter-server", stdin=self.job.encode(),
                     job_id=self.job.job_id, port=ports["parameter server"], verbose=verbose)
         self._wait_started("parameter-server", ps_address)
+        for k in range(1, cfg.ps_shards):
+            self._spawn_shard(k, ps_address)
         replay_address = None
         if cfg.uses_replay:
             replay_address = f"{HOST}:{ports['replay server']}"
@@ -115,6 +117,11 @@ class LocalRun:
             self._spawn("evaluator", "evaluator", ps_address=ps_address,
                         status_port=ports["evaluator"], verbose=verbose)
         return ps_address
+
+    def _spawn_shard(self, k: int, ps_address: str) -> None:
+        """A parameter-server shard process (it takes whichever slice needs serving)."""
+        self._spawn(f"ps-shard-{k}", "ps-shard", ps_address=ps_address,
+                    verbose=self.config.verbose)
 
     def _wait_started(self, name: str, address: str) -> None:
         deadline = time.monotonic() + START_TIMEOUT
@@ -147,9 +154,10 @@ class LocalRun:
             self._shutdown()
 
     def _follow(self, ps_address: str) -> TrainResult:
-        from drlbox.rpc.parameter_server import ParameterClient
+        from drlbox.rpc.parameter_client import ParameterClient
 
         client = ParameterClient(ps_address, self.job.job_id, timeout=30.0)
+        self._ps_address = ps_address
         progress = Progress(self.config.verbose, self.config.train_steps,
                             f"{self.config.algorithm} x{self.config.num_parallel}")
         failed: list[str] = []
@@ -182,8 +190,15 @@ class LocalRun:
     def _check_roles(self, failed: list, progress: Progress, client: Any) -> None:
         """Report roles that died; stop when no worker is left."""
         workers = [name for name in self.procs if name.startswith("worker-")]
-        for name, proc in self.procs.items():
+        for name, proc in list(self.procs.items()):
             if name in failed or proc.poll() in (None, 0):
+                continue
+            if name.startswith("ps-shard-"):
+                # Shard processes keep no state: a new one takes over the slice from its
+                # last snapshot (the last checkpoint; the start of the run without save_dir).
+                progress.write(f"drlbox: {name} died (exit code {proc.returncode}); starting "
+                               f"a new one, which resumes its slice from the last checkpoint")
+                self._spawn_shard(int(name.rsplit("-", 1)[1]), self._ps_address)
                 continue
             failed.append(name)
             if name == "parameter-server":

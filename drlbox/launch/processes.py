@@ -14,6 +14,9 @@ import time
 from typing import Any
 
 log = logging.getLogger(__name__)
+# Exchange sessions hold a server thread each: room for many workers, shards and callers.
+PS_THREADS = 256
+JOB_WAIT_SECONDS = 300.0
 
 
 def setup_logging(role: str, verbose: bool) -> None:
@@ -77,13 +80,16 @@ def _serve_until_terminated(server: Any, on_term: Any = None) -> None:
     server.stop(grace=2.0).wait()
 
 
-def build_parameter_server(job: Any, resume_file: str | None = None) -> Any:
-    """The job's ParameterServer role: its model built from the job's makers."""
+def build_parameter_server(job: Any, resume_file: str | None = None, shards: int = 1,
+                           security: Any = None) -> Any:
+    """The job's ParameterServer role: its model built from the job's makers, its weights cut
+    into `shards` slices (slices 1.. are served by shard processes that join it)."""
     import keras
 
     from drlbox.algorithms import make_algorithm, make_model
     from drlbox.envs import make_env
     from drlbox.roles.param_server import ParameterServer
+    from drlbox.rpc.parameter_client import ShardPeer
 
     config = job.config
     if config.seed is not None:
@@ -92,7 +98,8 @@ def build_parameter_server(job: Any, resume_file: str | None = None) -> Any:
     try:
         algorithm = make_algorithm(config, env.action_space)
         return ParameterServer(job.job_id, config, make_model(config, env, algorithm),
-                               algorithm.aux_kind, resume_file=resume_file)
+                               resume_file=resume_file, shards=shards,
+                               connect=lambda address: ShardPeer(address, security))
     finally:
         env.close()
 
@@ -106,10 +113,35 @@ def run_parameter_server(job_id: str, job_bytes: bytes, port: int, verbose: bool
     from drlbox.rpc.server import make_server
 
     job = Job.decode(job_id, job_bytes)
-    server_role = build_parameter_server(job)
-    server, _ = make_server(port, [add_parameter_server(SingleJob(job, server_role))])
+    server_role = build_parameter_server(job, shards=job.config.ps_shards)
+    server, _ = make_server(port, [add_parameter_server(SingleJob(job, server_role))],
+                            max_workers=PS_THREADS)
     log.info("parameter server for job %s on port %d", job.job_id, port)
     _serve_until_terminated(server, lambda: server_role.stop("parameter server terminated"))
+
+
+def run_shard(ps_address: str, verbose: bool) -> None:
+    """A parameter-server shard process of a local run (loopback, a port of its own)."""
+    _child_setup(verbose, "ps-shard")
+    limit_tf_threads()
+    from drlbox.launch.shard import serve_shards
+
+    serve_shards(ps_address, host="127.0.0.1", port=0)
+
+
+def fetch_job_when_ready(params: Any, timeout: float) -> Any:
+    """The running job, waiting while the parameter server has none ready (its shards may
+    still be joining)."""
+    import grpc
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return params.fetch_job()
+        except grpc.RpcError as err:
+            if err.code() != grpc.StatusCode.NOT_FOUND or time.monotonic() > deadline:
+                raise
+        time.sleep(0.2)
 
 
 def status_server(port: int, role: str, state: dict, host: str = "127.0.0.1",
@@ -130,11 +162,11 @@ def run_worker(ps_address: str, replay_address: str | None, index: int, status_p
     _child_setup(verbose, f"worker-{index}")
     limit_tf_threads()
     from drlbox.roles.worker import RolloutWorker
-    from drlbox.rpc.parameter_server import ParameterClient
+    from drlbox.rpc.parameter_client import ParameterClient
     from drlbox.rpc.replay import ReplayClient
 
     params = ParameterClient(ps_address)
-    job = params.fetch_job()
+    job = fetch_job_when_ready(params, JOB_WAIT_SECONDS)
     config = job.config
     replay = ReplayClient(replay_address, job.job_id) if replay_address else None
     seed = None if config.seed is None else config.seed * 1009 + index + 1
@@ -173,6 +205,7 @@ def make_following_evaluator(params: Any, job: Any) -> Any:
     from drlbox.envs import make_env
     from drlbox.layers.noisy import synced_weights
     from drlbox.ops.fast_forward import make_predict_fn
+    from drlbox.ops.flat_weights import WeightLayout
     from drlbox.roles.evaluator import FollowingEvaluator, evaluation_policy
     from drlbox.roles.worker import WeightAssigner
 
@@ -181,19 +214,22 @@ def make_following_evaluator(params: Any, job: Any) -> Any:
     algorithm = make_algorithm(config, env.action_space)
     model = make_model(config, env, algorithm)
     policy = evaluation_policy(env.action_space, "greedy", 0.0)
+    layout = WeightLayout(synced_weights(model))
+    assigner = WeightAssigner(layout.variables)
     return FollowingEvaluator(params, env, make_predict_fn(model),
-                              WeightAssigner(synced_weights(model)), policy,
-                              config, None if config.seed is None else config.seed + 7)
+                              lambda update: assigner(layout.merge(update.weights,
+                                                                   update.others)),
+                              policy, config, None if config.seed is None else config.seed + 7)
 
 
 def run_evaluator(ps_address: str, status_port: int, verbose: bool) -> None:
     """An evaluator process following a training run."""
     _child_setup(verbose, "evaluator")
     limit_tf_threads()
-    from drlbox.rpc.parameter_server import ParameterClient
+    from drlbox.rpc.parameter_client import ParameterClient
 
     params = ParameterClient(ps_address)
-    job = params.fetch_job()
+    job = fetch_job_when_ready(params, JOB_WAIT_SECONDS)
     state = {"state": "running", "job_id": job.job_id, "counters": {}}
     server = status_server(status_port, "evaluator", state)
     state["counters"] = {"evaluations": make_following_evaluator(params, job).run()}

@@ -13,6 +13,7 @@ from drlbox.launch import processes
 
 ROLES = {
     "parameter-server": processes.run_parameter_server,
+    "ps-shard": processes.run_shard,
     "worker": processes.run_worker,
     "replay": processes.run_replay,
     "evaluator": processes.run_evaluator,

@@ -6,7 +6,7 @@ variable, which is most of the cost of a small network's weight set. Variables o
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -26,7 +26,9 @@ class WeightLayout:
         self.shapes = [tuple(v.shape) for v in self.flat_variables]
         self.sizes = [int(np.prod(shape, dtype=np.int64)) for shape in self.shapes]
         self.size = sum(self.sizes)
-        self._bounds = np.cumsum(self.sizes)[:-1] if self.sizes else []
+        self.offsets = [0, *np.cumsum(self.sizes, dtype=np.int64).tolist()]
+        self._bounds = self.offsets[1:-1]
+        self.trainable = [bool(v.trainable) for v in self.flat_variables]
 
     # --- host ------------------------------------------------------------------------------
     def flat(self, arrays: Sequence[np.ndarray]) -> np.ndarray:
@@ -67,3 +69,41 @@ class WeightLayout:
         if not self.sizes:
             return tf.zeros([0], tf.float32)
         return tf.concat([tf.reshape(v, [-1]) for v in self.flat_variables], 0)
+
+
+# --- shards --------------------------------------------------------------------------------
+class Piece(NamedTuple):
+    """The part of one float32 variable that falls into a slice of the flat vector."""
+
+    name: str            # the variable's name
+    start: int           # where the part starts and stops, as offsets into the slice
+    stop: int
+    shape: tuple         # the variable's shape when the slice holds all of it, else (size,)
+    trainable: bool
+
+
+def shard_bounds(size: int, shards: int) -> list[tuple[int, int]]:
+    """Contiguous, near-equal slices [start, stop) of a flat vector of `size`, one per shard."""
+    if shards < 1 or size < shards:
+        raise ValueError(f"cannot cut {size} weights into {shards} parameter-server shards; "
+                         f"use between 1 and {max(size, 1)} shards")
+    cuts = [size * k // shards for k in range(shards + 1)]
+    return list(zip(cuts[:-1], cuts[1:]))
+
+
+def slice_pieces(layout: WeightLayout, start: int, stop: int) -> list[Piece]:
+    """The variables (or parts of them) that make up the slice [start, stop), in order.
+
+    A shard keeps one array per piece so that an optimizer sees whole variables with their
+    shapes wherever a slice boundary does not cut through one.
+    """
+    pieces = []
+    for i, var in enumerate(layout.flat_variables):
+        lo, hi = max(start, layout.offsets[i]), min(stop, layout.offsets[i + 1])
+        if lo >= hi:
+            continue
+        whole = (lo, hi) == (layout.offsets[i], layout.offsets[i + 1])
+        name = var.path if hasattr(var, "path") else var.name
+        pieces.append(Piece(name, lo - start, hi - start,
+                            layout.shapes[i] if whole else (hi - lo,), layout.trainable[i]))
+    return pieces

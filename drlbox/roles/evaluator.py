@@ -65,7 +65,10 @@ def run_episodes(env: Any, predict: Callable, policy: Policy, num_episodes: int,
 
 
 class FollowingEvaluator:
-    """Evaluate the newest weights every `eval_interval` global steps and report the returns."""
+    """Evaluate the newest weights every `eval_interval` global steps and report the returns.
+
+    `assign(update)` puts a WeightsUpdate's weights into the model `predict` runs.
+    """
 
     def __init__(self, params: ParameterPeer, env: Any, predict: Any, assign: Callable,
                  policy: Policy, config: Any, seed: int | None, poll_seconds: float = 0.2):
@@ -87,7 +90,7 @@ class FollowingEvaluator:
                 continue
             update = self.params.get_weights(-1)
             steps = status.global_steps
-            self.assign(update.weights)
+            self.assign(update)
             self.predict.refresh()
             returns = run_episodes(self.env, self.predict, self.policy,
                                    self.config.eval_episodes, self.to_input, self.rng)

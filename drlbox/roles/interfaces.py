@@ -9,12 +9,38 @@ import numpy as np
 
 
 class WeightsUpdate(NamedTuple):
-    """Weights newer than the caller's: the online set, and the aux set when it changed too."""
+    """Weights newer than the caller's: the online set as one flat float32 vector (see
+    `drlbox.ops.flat_weights.WeightLayout`), the aux set when it changed too, and the model's
+    few non-float32 weights (which training never changes)."""
 
     version: int
-    weights: list
+    weights: np.ndarray
     aux_version: int
-    aux: list | None
+    aux: np.ndarray | None
+    others: list = []
+
+
+@dataclass
+class ShardState:
+    """What a shard starts or resumes from: its slices, its optimizer's variables, versions."""
+
+    weights: np.ndarray                 # the slice of the flat weight vector
+    version: int = 0
+    aux: np.ndarray | None = None       # the slice of the auxiliary weights, if any
+    aux_version: int = 0
+    optimizer: list | None = None       # the optimizer's variables; None: a fresh optimizer
+    updates: int = 0
+
+
+class ShardReply(NamedTuple):
+    """A shard's answer to an exchange: its version, and its weights when the caller needs
+    them (the aux slice with them when it changed too); staleness of the applied gradient."""
+
+    version: int
+    weights: np.ndarray | None
+    aux_version: int
+    aux: np.ndarray | None
+    staleness: int | None
 
 
 class PushResult(NamedTuple):
@@ -119,14 +145,12 @@ class ParameterPeer(Protocol):
     def get_weights(self, newer_than: int, aux_newer_than: int = -1) -> WeightsUpdate | None:
         """Weights if the server's version is newer than `newer_than`, else None."""
 
-    def push(self, gradients: Sequence[np.ndarray] | None, base_version: int,
-             report: WorkerReport) -> PushResult:
-        """Apply gradients (None: only report progress)."""
-
-    def push_and_pull(self, gradients: Sequence[np.ndarray] | None, base_version: int,
+    def push_and_pull(self, gradient: np.ndarray | None, base_version: int,
                       report: WorkerReport, newer_than: int,
                       aux_newer_than: int = -1) -> tuple[PushResult, WeightsUpdate | None]:
-        """`push`, then `get_weights` unless the push says stop, in one round trip."""
+        """Apply a flat, clipped gradient (None: only report progress) and, in the same round
+        trip, get the weights if the caller's are too old (see `max_staleness`) unless the
+        job stops."""
 
     def report_evaluation(self, global_steps: int, returns: Sequence[float]) -> PushResult:
         """Record evaluation returns measured on weights of `global_steps`."""

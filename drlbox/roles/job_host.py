@@ -91,10 +91,18 @@ class JobHost:
             return self.status(job_id)
 
     # --- what the servicers ask ----------------------------------------------------------
-    def running(self) -> tuple[Job, Any] | None:
-        """(job, parameter server) of the job being trained, or None when idle."""
+    def current(self) -> Any:
+        """The parameter server of the job being trained (its shards may still be joining)."""
         with self._lock:
             if self._current and self._current[1].state == "running":
+                return self._current[1]
+            return None
+
+    def running(self) -> tuple[Job, Any] | None:
+        """(job, parameter server) of the job being trained once all its shards serve."""
+        with self._lock:
+            if self._current and self._current[1].state == "running" and \
+                    self._current[1].ready:
                 return self._current
             return None
 
@@ -104,6 +112,10 @@ class JobHost:
             if self._current and self._current[0].job_id == job_id:
                 return self._current[1]
             return None
+
+    def slice_for(self, job_id: str, index: int) -> Any:
+        """What serves slice `index` of job_id here: the parameter server for slice 0."""
+        return self.server_for(job_id) if index == 0 else None
 
     def next_worker_index(self, job_id: str) -> int:
         """A fresh index for a role joining job_id (seeds and reports)."""

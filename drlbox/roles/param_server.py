@@ -1,11 +1,12 @@
-"""The parameter server role: weights, optimizer, versions, global steps, checkpoints.
+"""The parameter server role: shard 0 of the weights, and the job's counters and checkpoints.
 
-It applies pushed gradients one at a time (global-norm clipped), keeps ACER's average net or
-DQN's target net as an auxiliary weight set, counts env steps, stops the job at `train_steps`
-(or when an evaluation reaches `target_return`), and saves the model every `save_interval`
-steps. Given a resume file (cluster mode), each checkpoint also records the optimizer state
-and counters, and a new server on the same file resumes the job from there. It knows nothing
-of gRPC: `drlbox.rpc.parameter_server` serves it.
+The job's flat weight vector is cut into `shards` contiguous slices (`shard_bounds`). This
+object serves slice 0 itself and keeps what belongs to the job as a whole: global env steps,
+episode returns, evaluations, the stop rule (`train_steps`, `target_return`) and checkpoints,
+which gather every slice into one `.keras` file. Slices 1..K-1 are served by shard processes
+booked in `ShardSlots`. Given a resume file (cluster mode), each checkpoint also records every
+slice's optimizer state and the counters, and a new server on the same file resumes from there.
+It knows nothing of gRPC: `drlbox.rpc.parameter_server` serves it.
 """
 from __future__ import annotations
 
@@ -16,57 +17,52 @@ import logging
 import os
 import threading
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import keras
 import numpy as np
-import tensorflow as tf
 
+from drlbox.algorithms import ALGORITHM_CLASSES
 from drlbox.layers.noisy import synced_weights
-from drlbox.ops.compiled import FlatFunction
-from drlbox.ops.flat_weights import WeightLayout
+from drlbox.ops.flat_weights import WeightLayout, shard_bounds, slice_pieces
 from drlbox.roles.checkpoints import ScalarLog, checkpoint_path, save_model_atomically
-from drlbox.roles.interfaces import (Checkpoint, Evaluation, JobStatus, PushResult, WeightsUpdate,
-                                     WorkerReport)
+from drlbox.roles.interfaces import (Checkpoint, Evaluation, JobStatus, PushResult, ShardReply,
+                                     ShardState, WeightsUpdate, WorkerReport)
+from drlbox.roles.param_shard import GradientError, ParameterShard, make_optimizer
+from drlbox.roles.shard_slots import ShardSlots
 
 log = logging.getLogger(__name__)
 # What a resumed job carries over besides weights and optimizer state.
-_RESUMED_COUNTERS = ("version", "aux_version", "global_steps", "updates", "episodes")
+_RESUMED_COUNTERS = ("global_steps", "updates", "episodes")
+__all__ = ["GradientError", "ParameterServer", "shard_settings"]
 
 
-def make_optimizer(config: Any) -> keras.optimizers.Optimizer:
-    """Adam with the merged opt_kwargs, or a fresh copy of the user's optimizer instance."""
-    if isinstance(config.optimizer, str):
-        return keras.optimizers.Adam(**config.merged_opt_kwargs)
-    return config.optimizer.__class__.from_config(config.optimizer.get_config())
-
-
-class GradientError(ValueError):
-    """Pushed gradients that do not fit the model; nothing was applied."""
+def shard_settings(config: Any, pieces: list, index: int, shards: int) -> dict:
+    """What a shard process needs to serve slice `index` (plain data: it runs no user code)."""
+    optimizer = (["adam", config.merged_opt_kwargs] if isinstance(config.optimizer, str)
+                 else ["keras", keras.optimizers.serialize(config.optimizer)])
+    return {"index": index, "shards": shards, "pieces": [list(p) for p in pieces],
+            "optimizer": optimizer, "settings": config.plain_settings()}
 
 
 class ParameterServer:
-    """Holds the job's weights and applies gradients; thread-safe."""
+    """Shard 0 of a job's weights plus the job's counters; thread-safe.
 
-    def __init__(self, job_id: str, config: Any, model: keras.Model, aux_kind: str | None,
-                 resume_file: str | None = None):
-        self.job_id = job_id
-        self.config = config
-        self.model = model
-        self._variables = list(model.trainable_variables)
-        self._synced = synced_weights(model)
-        self._layout = WeightLayout(self._synced)
-        self._optimizer = make_optimizer(config)
-        self._optimizer.build(self._variables)
-        self._apply = FlatFunction(self._apply_gradients,
-                                   [tf.TensorSpec(v.shape, v.dtype) for v in self._variables])
+    `connect(address)` reaches a shard process (see `ShardSlots`); needed when shards > 1.
+    """
+
+    def __init__(self, job_id: str, config: Any, model: keras.Model,
+                 resume_file: str | None = None, shards: int = 1,
+                 connect: Callable[[str], Any] | None = None):
+        self.job_id, self.config, self.model = job_id, config, model
+        self.layout = WeightLayout(synced_weights(model))
+        self._others = [v.numpy() for v in self.layout.other_variables]
+        self.bounds = shard_bounds(self.layout.size, shards)
+        self._aux_rule = ALGORITHM_CLASSES[config.algorithm].aux_rule(config)
         self._lock = threading.Lock()
-        self._aux_kind = aux_kind
-        self._weights = [v.numpy() for v in self._synced]
-        self._aux = [w.copy() for w in self._weights] if aux_kind else None
-        self.version = self.aux_version = 0
         self.global_steps = self.updates = self.episodes = 0
         self._recent_returns: collections.deque = collections.deque(maxlen=100)
+        self._staleness: collections.deque = collections.deque(maxlen=100)
         self._evaluations: list[Evaluation] = []
         self._checkpoints: list[Checkpoint] = []
         self._stats: dict = {}
@@ -80,87 +76,138 @@ class ParameterServer:
         self.state, self.message = "running", ""
         self._resume_file = resume_file
         self.resumed_from_steps = 0
+        states = self._initial_states()
         if resume_file and os.path.exists(resume_file):
-            self._restore(resume_file)
+            states = self._restore(resume_file, states)
+        self.shard0 = self._make_shard(0, states[0])
+        self.slots = ShardSlots(job_id, states[1:], connect or _no_remote_shards)
 
-    # --- weights -----------------------------------------------------------------------
-    def get_weights(self, newer_than: int, aux_newer_than: int = -1) -> WeightsUpdate | None:
-        """The current weight set unless the caller already has this version, else None.
+    # --- shards ----------------------------------------------------------------------------
+    def _initial_states(self) -> list[ShardState]:
+        flat = self.layout.flat([v.numpy() for v in self.layout.variables])
+        return [ShardState(flat[lo:hi].copy(), aux=flat[lo:hi].copy() if self._aux_rule
+                           else None) for lo, hi in self.bounds]
 
-        A caller *ahead* of the server gets the weights too: the server was restarted from a
-        checkpoint and the caller must drop the weights it holds.
-        """
+    def _make_shard(self, index: int, state: ShardState) -> ParameterShard:
+        cfg = self.config
+        return ParameterShard(slice_pieces(self.layout, *self.bounds[index]), state,
+                              make_optimizer(cfg.optimizer, cfg.merged_opt_kwargs),
+                              cfg.opt_clip_norm, self._aux_rule, cfg.max_staleness)
+
+    def assignment(self, address: str) -> tuple[dict, ShardState] | None:
+        """(settings, state) of a free slot for the shard process at `address`, or None."""
+        slot = self.slots.claim(address)
+        if slot is None:
+            return None
+        pieces = slice_pieces(self.layout, *self.bounds[slot.index])
+        return shard_settings(self.config, pieces, slot.index, len(self.bounds)), slot.state
+
+    def shard_map(self) -> list[tuple[str | None, int, int]]:
+        """(address, start, stop) of every slice; slice 0's address is '' (this server), a
+        slice without a serving process has None."""
+        addresses = [""] + self.slots.addresses()
+        return [(a, lo, hi) for a, (lo, hi) in zip(addresses, self.bounds)]
+
+    @property
+    def version(self) -> int:
+        """Slice 0's version."""
+        return self.shard0.version
+
+    @property
+    def aux_version(self) -> int:
+        """Slice 0's aux version."""
+        return self.shard0.aux_version
+
+    @property
+    def size(self) -> int:
+        """Weights in slice 0."""
+        return self.shard0.size
+
+    @property
+    def others(self) -> list:
+        """The model's non-float32 weights (sent with slice 0's weights)."""
+        return self._others
+
+    def snapshot(self):
+        """Slice 0's state."""
+        return self.shard0.snapshot()
+
+    @property
+    def ready(self) -> bool:
+        """Whether every slice is served, so workers can train."""
+        return self.slots.complete
+
+    # --- weights -----------------------------------------------------------------------------
+    def exchange(self, gradient: np.ndarray | None, base_version: int,
+                 report: WorkerReport | None, newer_than: int, aux_newer_than: int = -1,
+                 pull: bool = False) -> tuple[PushResult, ShardReply]:
+        """Shard 0's part of a worker's exchange, plus its report: apply the gradient slice,
+        record progress, and answer with the push result and (unless stopping) the weights."""
+        if self.state != "running":
+            return self._stopped_reply()
+        reply = self.shard0.exchange(gradient, base_version, newer_than, aux_newer_than, pull)
         with self._lock:
-            if self.version == newer_than and (self._aux is None
-                                               or self.aux_version == aux_newer_than):
-                return None
-            aux = self._aux if self._aux is not None and self.aux_version != aux_newer_than \
-                else None
-            return WeightsUpdate(self.version, self._weights, self.aux_version, aux)
-
-    def _check_gradients(self, gradients: Sequence[np.ndarray]) -> None:
-        if len(gradients) != len(self._variables):
-            raise GradientError(f"expected {len(self._variables)} gradient arrays, "
-                                f"got {len(gradients)}")
-        for grad, var in zip(gradients, self._variables):
-            if tuple(grad.shape) != tuple(var.shape) or grad.dtype != np.dtype(var.dtype):
-                raise GradientError(f"gradient for {var.path} must be {var.dtype} "
-                                    f"{tuple(var.shape)}, got {grad.dtype} {tuple(grad.shape)}")
-            if not np.all(np.isfinite(grad)):
-                raise GradientError(f"gradient for {var.path} has NaN or infinite values")
-
-    def _apply_gradients(self, *gradients) -> tuple[tf.Tensor, tf.Tensor]:
-        """Apply; return the gradients' global norm and the new weights as one flat vector
-        (one read out of TensorFlow instead of one per variable). The graph orders the reads
-        after the updates, as they touch the same variables."""
-        clipped, norm = tf.clip_by_global_norm(gradients, self.config.opt_clip_norm)
-        self._optimizer.apply_gradients(zip(clipped, self._variables))
-        return norm, self._layout.graph_flat()
-
-    def _after_update(self, flat: np.ndarray) -> None:
-        self._weights = self._layout.merge(
-            flat, [v.numpy() for v in self._layout.other_variables])
-        self.version += 1
-        self.updates += 1
-        if self._aux_kind == "average":
-            # New arrays, not in-place: a reader may still be serialising the previous set.
-            ratio = self.config.acer_soft_update_ratio
-            self._aux = [(1.0 - ratio) * avg + ratio * new
-                         for avg, new in zip(self._aux, self._weights)]
-            self.aux_version = self.version
-        elif self._aux_kind == "target" and self.updates % self.config.sync_target_interval == 0:
-            self._aux = [w.copy() for w in self._weights]
-            self.aux_version = self.version
-
-    # --- progress ----------------------------------------------------------------------
-    def push(self, gradients: Sequence[np.ndarray] | None, base_version: int,
-             report: WorkerReport) -> PushResult:
-        """Apply gradients (if any) and record the worker's progress."""
-        if gradients:
-            self._check_gradients(gradients)
-        with self._lock:
-            if self.state != "running":
-                return PushResult(self.version, self.global_steps, True)
-            scalars = {}
-            if gradients:
-                norm, flat = self._apply(*gradients)
-                self._after_update(flat.numpy())
-                self._stats = {**report.stats, "grad_norm": float(norm),
-                               "staleness": float(self.version - 1 - base_version)}
-                scalars.update({f"loss/{k}": v for k, v in self._stats.items()})
-            self._record_progress(report, scalars)
+            if self.state != "running":      # it ended while this push was applied
+                return (PushResult(reply.version, self.global_steps, True),
+                        reply._replace(weights=None, aux=None))
+            if gradient is not None:
+                self.updates += 1
+                scalars = self._record_update(report, reply)
+            else:
+                scalars = {}
+            if report is not None:
+                self._record_progress(report, scalars)
             self._maybe_checkpoint()
             if self.global_steps >= self.config.train_steps:
                 self._finish("done", f"reached train_steps={self.config.train_steps}")
-            return PushResult(self.version, self.global_steps, self.state != "running")
+            stop = self.state != "running"
+            result = PushResult(reply.version, self.global_steps, stop)
+        return result, reply._replace(weights=None, aux=None) if stop else reply
 
-    def push_and_pull(self, gradients: Sequence[np.ndarray] | None, base_version: int,
+    def _stopped_reply(self) -> tuple[PushResult, ShardReply]:
+        with self._lock:
+            version = self.shard0.version
+            return (PushResult(version, self.global_steps, True),
+                    ShardReply(version, None, self.shard0.aux_version, None, None))
+
+    def _record_update(self, report: WorkerReport | None, reply: ShardReply) -> dict:
+        stats = dict(report.stats) if report is not None else {}
+        if reply.staleness is not None:
+            self._staleness.append(reply.staleness)
+            stats["staleness"] = float(reply.staleness)
+        if self._staleness:
+            stats["staleness_mean"] = float(np.mean(self._staleness))
+        self._stats = stats
+        return {f"loss/{k}" if not k.startswith("staleness") else k: v
+                for k, v in stats.items()}
+
+    def get_weights(self, newer_than: int, aux_newer_than: int = -1) -> WeightsUpdate | None:
+        """The weights unless the caller holds this version (one shard only, in process)."""
+        self._in_process_only()
+        _, reply = self.exchange(None, -1, None, newer_than, aux_newer_than, pull=True)
+        return self.weights_update(reply)
+
+    def push_and_pull(self, gradient: np.ndarray | None, base_version: int,
                       report: WorkerReport, newer_than: int,
                       aux_newer_than: int = -1) -> tuple[PushResult, WeightsUpdate | None]:
-        """`push`, then the weights (as `get_weights`) unless the job stopped."""
-        result = self.push(gradients, base_version, report)
-        return result, None if result.stop else self.get_weights(newer_than, aux_newer_than)
+        """A worker's exchange in process (one shard only)."""
+        self._in_process_only()
+        result, reply = self.exchange(gradient, base_version, report, newer_than,
+                                      aux_newer_than)
+        return result, self.weights_update(reply)
 
+    def weights_update(self, reply: ShardReply) -> WeightsUpdate | None:
+        """Shard 0's reply as a WeightsUpdate (None when it sent no weights)."""
+        if reply.weights is None:
+            return None
+        return WeightsUpdate(reply.version, reply.weights, reply.aux_version, reply.aux,
+                             self._others)
+
+    def _in_process_only(self) -> None:
+        if len(self.bounds) > 1:
+            raise RuntimeError("a sharded parameter server is reached through its clients")
+
+    # --- progress ----------------------------------------------------------------------------
     def _record_progress(self, report: WorkerReport, scalars: dict) -> None:
         self.global_steps += int(report.env_steps)
         for ret in report.episode_returns:
@@ -190,7 +237,7 @@ class ParameterServer:
             if self.state == "running" and target is not None and mean >= target:
                 self._finish("done", f"evaluation mean return {mean:.1f} reached "
                                      f"target_return={target}")
-            return PushResult(self.version, self.global_steps, self.state != "running")
+            return PushResult(self.shard0.version, self.global_steps, self.state != "running")
 
     def stop(self, reason: str = "stopped on request") -> None:
         """End the job now (workers learn it on their next push), saving a final model."""
@@ -210,8 +257,9 @@ class ParameterServer:
         if self.config.save_dir:
             self._save(checkpoint_path(self.config.save_dir, None))
         self._scalars.flush()
+        self.slots.close()
 
-    # --- checkpoints -------------------------------------------------------------------
+    # --- checkpoints -------------------------------------------------------------------------
     def _maybe_checkpoint(self) -> None:
         if not self.config.save_dir or self.global_steps < self._next_save:
             return
@@ -220,11 +268,15 @@ class ParameterServer:
         self._next_save = (self.global_steps // interval + 1) * interval
 
     def _save(self, path: str) -> None:
+        states = [self.shard0.snapshot()] + self.slots.snapshot()
+        flat = np.concatenate([s.weights for s in states])
+        for variable, value in zip(self.layout.variables, self.layout.merge(flat, self._others)):
+            variable.assign(value)
         save_model_atomically(self.model, path)
         self._checkpoints = [c for c in self._checkpoints if c.path != path]
         self._checkpoints.append(Checkpoint(path, self.global_steps, self._train_seconds()))
         if self._resume_file:
-            self._save_resume_state(path)
+            self._save_resume_state(path, states)
 
     def save_now(self) -> None:
         """Checkpoint the running job (weights, optimizer, counters) without ending it."""
@@ -232,38 +284,59 @@ class ParameterServer:
             if self.state == "running" and self.config.save_dir:
                 self._save(checkpoint_path(self.config.save_dir, self.global_steps))
 
-    def _save_resume_state(self, model_path: str) -> None:
-        state = {f"optimizer_{i}": np.asarray(v) for i, v in
-                 enumerate(self._optimizer.variables)}
-        if self._aux is not None:
-            state.update({f"aux_{i}": a for i, a in enumerate(self._aux)})
-        counters = {name: getattr(self, name) for name in _RESUMED_COUNTERS}
-        counters["train_seconds"] = self._train_seconds()
-        counters["checkpoints"] = [dataclasses.astuple(c) for c in self._checkpoints]
-        state["meta"] = np.array(json.dumps({"model_path": model_path, **counters}))
+    def _save_resume_state(self, model_path: str, states: list[ShardState]) -> None:
+        arrays, slots = {}, []
+        for k, state in enumerate(states):
+            slots.append({"version": state.version, "aux_version": state.aux_version,
+                          "updates": state.updates})
+            if state.aux is not None:
+                arrays[f"s{k}_aux"] = state.aux
+            arrays.update({f"s{k}_opt_{i}": v for i, v in enumerate(state.optimizer or [])})
+        meta = {name: getattr(self, name) for name in _RESUMED_COUNTERS}
+        meta.update(model_path=model_path, slots=slots, train_seconds=self._train_seconds(),
+                    checkpoints=[dataclasses.astuple(c) for c in self._checkpoints],
+                    evaluations=[dataclasses.astuple(e) for e in self._evaluations],
+                    recent_returns=list(self._recent_returns))
+        arrays["meta"] = np.array(json.dumps(meta))
         tmp = f"{self._resume_file}.tmp.npz"
-        np.savez(tmp, **state)
+        np.savez(tmp, **arrays)
         os.replace(tmp, self._resume_file)
 
-    def _restore(self, resume_file: str) -> None:
-        """Load weights, optimizer state and counters saved by `_save_resume_state`."""
-        with np.load(resume_file) as state:
-            meta = json.loads(str(state["meta"]))
+    def _restore(self, resume_file: str, fresh: list[ShardState]) -> list[ShardState]:
+        """Slice states and counters saved by `_save_resume_state` (weights from its model)."""
+        with np.load(resume_file) as saved:
+            meta = json.loads(str(saved["meta"]))
             self.model.load_weights(meta["model_path"])
-            for i, variable in enumerate(self._optimizer.variables):
-                variable.assign(state[f"optimizer_{i}"])
-            if self._aux is not None:
-                self._aux = [state[f"aux_{i}"] for i in range(len(self._aux))]
+            flat = self.layout.flat([v.numpy() for v in self.layout.variables])
+            same_cut = len(meta["slots"]) == len(self.bounds)
+            if not same_cut:
+                log.warning("job %s was saved with %d parameter-server shards and resumes with "
+                            "%d: its optimizer state starts afresh", self.job_id,
+                            len(meta["slots"]), len(self.bounds))
+            aux = (np.concatenate([saved[f"s{k}_aux"] for k in range(len(meta["slots"]))])
+                   if self._aux_rule else None)
+            states = []
+            for k, (lo, hi) in enumerate(self.bounds):
+                slot = meta["slots"][k] if same_cut else meta["slots"][0]
+                optimizer = None
+                if same_cut and f"s{k}_opt_0" in saved:
+                    count = sum(name.startswith(f"s{k}_opt_") for name in saved.files)
+                    optimizer = [saved[f"s{k}_opt_{i}"] for i in range(count)]
+                states.append(ShardState(flat[lo:hi].copy(), slot["version"],
+                                         None if aux is None else aux[lo:hi].copy(),
+                                         slot["aux_version"], optimizer, slot["updates"]))
         for name in _RESUMED_COUNTERS:
             setattr(self, name, int(meta[name]))
-        self._weights = [v.numpy() for v in self._synced]
         self._checkpoints = [Checkpoint(*c) for c in meta["checkpoints"]]
+        self._evaluations = [Evaluation(*e) for e in meta.get("evaluations", [])]
+        self._recent_returns.extend(meta.get("recent_returns", []))
         self._first_report = time.monotonic() - meta["train_seconds"]
         interval = self.config.save_interval
         self._next_save = (self.global_steps // interval + 1) * interval
         self.resumed_from_steps = self.global_steps
         log.info("job %s resumed from %s at %d env steps", self.job_id, meta["model_path"],
                  self.global_steps)
+        return states
 
     def _train_seconds(self) -> float:
         return 0.0 if self._first_report is None else time.monotonic() - self._first_report
@@ -272,13 +345,21 @@ class ParameterServer:
         """A snapshot of the job's progress."""
         with self._lock:
             recent = float(np.mean(self._recent_returns)) if self._recent_returns else float("nan")
+            message = self.message
+            if self.state == "running" and not self.ready:
+                missing = sum(a is None for a in self.slots.addresses())
+                message = f"waiting for {missing} parameter-server shard(s) to join"
             return JobStatus(
-                job_id=self.job_id, state=self.state, message=self.message,
+                job_id=self.job_id, state=self.state, message=message,
                 global_steps=self.global_steps, train_steps=self.config.train_steps,
-                updates=self.updates, version=self.version, episodes=self.episodes,
+                updates=self.updates, version=self.shard0.version, episodes=self.episodes,
                 recent_return=recent, steps_per_sec=self._steps_per_sec,
                 wall_seconds=time.monotonic() - self._start,
                 train_seconds=self._train_seconds(),
                 evaluations=list(self._evaluations), checkpoints=list(self._checkpoints),
                 stats=dict(self._stats), recent_returns=list(self._recent_returns),
                 resumed_from_steps=self.resumed_from_steps, algorithm=self.config.algorithm)
+
+
+def _no_remote_shards(address: str) -> Any:
+    raise RuntimeError("this parameter server was built without a way to reach shard processes")

@@ -61,15 +61,22 @@ class GradientStep:
     The weights come in as one flat vector that stands in for the model's float32 variables
     during the call (keras.StatelessScope): one tensor crosses into TensorFlow instead of one
     per variable, and pulled weights need no separate assignment. State the call changes
-    (dropout seeds, say) is written back to its variables.
+    (dropout seeds, say) is written back to its variables. The gradient comes out as one flat
+    vector in the same layout (zeros for weights that are not trained), clipped here by its
+    global norm to `clip_norm`: the worker is the one place that holds all of it, however
+    many parameter-server shards apply its slices.
     """
 
     def __init__(self, algorithm: Any, model: keras.Model, aux_model: keras.Model | None,
-                 layout: WeightLayout):
+                 layout: WeightLayout, clip_norm: float):
         self.algorithm, self.model, self.aux_model = algorithm, model, aux_model
-        self.layout = layout
+        self.layout, self.clip_norm = layout, float(clip_norm)
         self.variables = list(model.trainable_variables)
         mapped = {id(v) for v in layout.flat_variables}
+        unmapped = [v.path for v in self.variables if id(v) not in mapped]
+        if unmapped:
+            raise TypeError(f"drlbox trains float32 weights only; {unmapped} are "
+                            f"{[str(v.dtype) for v in self.variables if id(v) not in mapped]}")
         self._stateful = [v for m in (model, aux_model) if m is not None for v in m.variables
                           if id(v) not in mapped]
         self._keys: list[str] = []
@@ -88,10 +95,15 @@ class GradientStep:
             new_value = scope.get_current_value(var)
             if new_value is not None:
                 var.assign(new_value)
-        sources = [value_of.get(id(v), v) for v in self.variables]
+        sources = [value_of[id(v)] for v in self.variables]
         grads = tape.gradient(out.loss, sources)
         grads = [tf.zeros_like(v) if g is None else g for g, v in zip(grads, self.variables)]
-        return grads, out.stats, out.priorities
+        clipped, norm = tf.clip_by_global_norm(grads, self.clip_norm)
+        grad_of = {id(v): g for v, g in zip(self.variables, clipped)}
+        flat = tf.concat([tf.reshape(grad_of[id(v)], [-1]) if id(v) in grad_of
+                          else tf.zeros([size], tf.float32)
+                          for v, size in zip(self.layout.flat_variables, self.layout.sizes)], 0)
+        return flat, {**out.stats, "grad_norm": norm}, out.priorities
 
     @staticmethod
     def _spec(key: str, value: np.ndarray) -> tf.TensorSpec:
@@ -100,14 +112,14 @@ class GradientStep:
         return tf.TensorSpec((None,) * fixed + value.shape[fixed:], value.dtype)
 
     def __call__(self, flat_weights: np.ndarray,
-                 batch: dict[str, np.ndarray]) -> tuple[list, dict, np.ndarray]:
+                 batch: dict[str, np.ndarray]) -> tuple[np.ndarray, dict, np.ndarray]:
+        """(flat clipped gradient, scalar stats, replay priorities)."""
         if self._step is None:
             self._keys = sorted(batch)
             self._step = FlatFunction(self._compute, [self.layout.spec()] + [
                 self._spec(key, batch[key]) for key in self._keys])
-        grads, stats, priorities = self._step(flat_weights, *[batch[k] for k in self._keys])
-        return ([g.numpy() for g in grads], {k: float(v) for k, v in stats.items()},
-                priorities.numpy())
+        grad, stats, priorities = self._step(flat_weights, *[batch[k] for k in self._keys])
+        return grad.numpy(), {k: float(v) for k, v in stats.items()}, priorities.numpy()
 
 
 class AsyncExchange:
@@ -128,15 +140,16 @@ class AsyncExchange:
         self._fetched: WeightsUpdate | None = None
         self.last = PushResult(-1, 0, False)
 
-    def push(self, gradients: list | None, base_version: int, report: WorkerReport) -> PushResult:
+    def push(self, gradient: np.ndarray | None, base_version: int,
+             report: WorkerReport) -> PushResult:
         """Queue this push and the fetch after it; return the newest reply received so far."""
         self.wait()
-        self._pending = self._pool.submit(self._exchange, gradients, base_version, report)
+        self._pending = self._pool.submit(self._exchange, gradient, base_version, report)
         return self.last
 
-    def _exchange(self, gradients: list | None, base_version: int,
+    def _exchange(self, gradient: np.ndarray | None, base_version: int,
                   report: WorkerReport) -> tuple[PushResult, WeightsUpdate | None]:
-        result, update = self.params.push_and_pull(gradients, base_version, report, *self._known)
+        result, update = self.params.push_and_pull(gradient, base_version, report, *self._known)
         if update is not None:
             self._known = (update.version, update.aux_version)
         return result, update
@@ -171,7 +184,7 @@ def merge_updates(older: WeightsUpdate | None, newer: WeightsUpdate) -> WeightsU
     """`newer`, keeping `older`'s aux weights when `newer` brings none."""
     if older is None or newer.aux is not None or older.aux is None:
         return newer
-    return WeightsUpdate(newer.version, newer.weights, older.aux_version, older.aux)
+    return newer._replace(aux_version=older.aux_version, aux=older.aux)
 
 
 class RolloutWorker:
@@ -185,7 +198,7 @@ class RolloutWorker:
         self.algorithm = make_algorithm(config, envs[0].action_space)
         self.model = make_model(config, envs[0], self.algorithm)
         self.aux_model = None
-        if self.algorithm.aux_kind:
+        if self.algorithm.uses_aux:
             self.aux_model = keras.models.clone_model(self.model)
         synced = synced_weights(self.model)
         self.layout = WeightLayout(synced)
@@ -203,8 +216,11 @@ class RolloutWorker:
             envs, config.state_to_input or _identity, self.predict,
             lambda outputs, steps: self.algorithm.act(outputs, self.rng, steps),
             config.rollout_maxlen, self.algorithm.behaviour_size, seed)
-        self.gradient_step = GradientStep(self.algorithm, self.model, self.aux_model, self.layout)
+        self.gradient_step = GradientStep(self.algorithm, self.model, self.aux_model, self.layout,
+                                          config.opt_clip_norm)
+        self.aux_layout = WeightLayout(synced_weights(self.aux_model)) if self.aux_model else None
         self.flat_weights = self.layout.flat([v.numpy() for v in synced])
+        self._others = self.layout.others([v.numpy() for v in synced])
         self.exchange = AsyncExchange(params)
         self.version = self.aux_version = -1
         self.total_steps = 0
@@ -221,15 +237,17 @@ class RolloutWorker:
             update = self.exchange.take_weights()
         if update is None:
             return
-        self.flat_weights = self.layout.flat(update.weights)
-        self.assign(update.weights if self.variables_read else self.layout.others(update.weights))
+        self._others = update.others or self._others
+        arrays = self.layout.merge(update.weights, self._others)
+        self.flat_weights = update.weights
+        self.assign(arrays if self.variables_read else self._others)
         self.version = update.version
         if update.aux is not None:
-            self.assign_aux(update.aux)
+            self.assign_aux(self.aux_layout.merge(update.aux, self._others))
             self.aux_version = update.aux_version
         if self.noisy:
             resample_noise(self.model)
-        self.predict.refresh({id(v): a for v, a in zip(self.layout.variables, update.weights)})
+        self.predict.refresh({id(v): a for v, a in zip(self.layout.variables, arrays)})
 
     def _report(self) -> WorkerReport:
         returns, lengths, steps = self.collector.take_episode_stats()
@@ -238,8 +256,8 @@ class RolloutWorker:
 
     def _learn(self, lists: list, weights: np.ndarray | None = None) -> tuple[PushResult, np.ndarray]:
         batch = pack_lists(lists, self.config.discount, weights)
-        grads, self._stats, priorities = self.gradient_step(self.flat_weights, batch)
-        result = self.exchange.push(grads, self.version, self._report())
+        grad, self._stats, priorities = self.gradient_step(self.flat_weights, batch)
+        result = self.exchange.push(grad, self.version, self._report())
         self.pushes += 1
         return result, priorities
 

@@ -1,23 +1,30 @@
-"""gRPC service and client for the parameter server role; each call decodes, delegates, encodes."""
+"""gRPC service of the parameter server and its shards; each call decodes, delegates, encodes.
+
+One servicer serves every process of a job's parameter server: the coordinator (slice 0, the
+job's counters, job discovery for workers and shard processes) and the shard processes (their
+slice, and its snapshots). The job table it is given says what runs here: `SingleJob` in a
+local run, `drlbox.roles.job_host.JobHost` in a cluster, `ShardTable` in a shard process.
+Exchange sessions read their frames in place (`serde.decode_frame`) rather than through
+protobuf, which would copy every slice twice.
+"""
 from __future__ import annotations
 
 import json
 import threading
-from typing import Iterator, Sequence
+from typing import Any, Iterator
 
 import grpc
 import numpy as np
+from google.protobuf.message import DecodeError
 
-from drlbox.jobs import Job, check_python_version, python_version
-from drlbox.roles.interfaces import (Checkpoint, Evaluation, JobStatus, PushResult, WeightsUpdate,
+from drlbox.jobs import Job, check_python_version
+from drlbox.roles.interfaces import (Checkpoint, Evaluation, JobStatus, PushResult, ShardReply,
                                      WorkerReport)
 from drlbox.rpc import serde
 from drlbox.rpc.generated import parameter_server_pb2 as pb
 from drlbox.rpc.generated import parameter_server_pb2_grpc as pb_grpc
-from drlbox.rpc.security import Security
-from drlbox.rpc.server import make_channel
 
-CALL_TIMEOUT = 120.0
+SERVICE = "drlbox.v1.ParameterServer"
 
 
 def status_to_proto(s: JobStatus) -> pb.JobStatus:
@@ -71,12 +78,17 @@ def push_reply(result: PushResult) -> pb.PushReply:
                         stop=result.stop)
 
 
-def weights_update(version: int, aux_version: int, data: bytes) -> WeightsUpdate:
-    """A serialized WeightSet (and its versions) -> WeightsUpdate."""
-    weight_set = pb.WeightSet()
-    weight_set.ParseFromString(data)
-    aux = serde.proto_to_arrays(weight_set.aux) if weight_set.HasField("aux") else None
-    return WeightsUpdate(version, serde.proto_to_arrays(weight_set.online), aux_version, aux)
+def shard_infos(shard_map: list) -> list[pb.ShardInfo]:
+    """(address, start, stop) tuples -> messages (an unserved slice has an empty address)."""
+    return [pb.ShardInfo(address=address or "", start=lo, stop=hi)
+            for address, lo, hi in shard_map]
+
+
+def peer_host(peer: str) -> str:
+    """The host part of a gRPC peer string ('ipv4:10.0.0.5:4312', 'ipv6:[::1]:4312')."""
+    kind, _, rest = peer.partition(":")
+    host = rest.rsplit(":", 1)[0] if kind in ("ipv4", "ipv6") else "127.0.0.1"
+    return host if not host.startswith("[") or host.endswith("]") else host + "]"
 
 
 class SingleJob:
@@ -87,13 +99,21 @@ class SingleJob:
         self._workers = 0
         self._lock = threading.Lock()
 
+    def current(self):
+        """The running job's parameter server, whether or not all its shards serve yet."""
+        return self.server if self.server.state == "running" else None
+
     def running(self) -> tuple[Job, object] | None:
-        """(job, parameter server) of the running job."""
-        return self.job, self.server
+        """(job, parameter server) of the running job once all its shards serve."""
+        return (self.job, self.server) if self.server.ready else None
 
     def server_for(self, job_id: str):
         """The parameter server of job_id while it runs here, else None."""
         return self.server if job_id == self.job.job_id else None
+
+    def slice_for(self, job_id: str, index: int):
+        """What serves slice `index` of job_id in this process (slice 0: the server)."""
+        return self.server if index == 0 and job_id == self.job.job_id else None
 
     def next_worker_index(self, job_id: str) -> int:
         """A fresh index for a caller joining the job."""
@@ -102,26 +122,82 @@ class SingleJob:
             return self._workers - 1
 
 
-class ParameterServerServicer(pb_grpc.ParameterServerServicer):
-    """Serves the running job's `drlbox.roles.param_server.ParameterServer`.
+class ShardTable:
+    """The job table of a shard process: the one slice it serves, if any."""
 
-    `jobs` is the job table: `SingleJob` locally, `drlbox.roles.job_host.JobHost` in a cluster.
-    """
+    def __init__(self):
+        self._served: tuple | None = None     # (job_id, index, _ServedSlice)
+        self._lock = threading.Lock()
+
+    def serve(self, job_id: str, index: int, shard: Any) -> None:
+        """Serve slice `index` of job_id with `shard` (a ParameterShard)."""
+        with self._lock:
+            self._served = (job_id, index, _ServedSlice(shard))
+
+    def clear(self) -> None:
+        """Serve nothing."""
+        with self._lock:
+            self._served = None
+
+    def current(self) -> None:
+        """A shard process runs no job of its own."""
+        return None
+
+    def running(self) -> None:
+        return None
+
+    def server_for(self, job_id: str) -> None:
+        return None
+
+    def slice_for(self, job_id: str, index: int):
+        """The served slice when it is slice `index` of job_id."""
+        with self._lock:
+            served = self._served
+        if served is not None and served[:2] == (job_id, index):
+            return served[2]
+        return None
+
+    def next_worker_index(self, job_id: str) -> int:
+        return 0
+
+
+class _ServedSlice:
+    """A shard process's slice, answering exchanges as the coordinator's slice 0 does."""
+
+    others: list = []
+
+    def __init__(self, shard: Any):
+        self.shard, self.size = shard, shard.size
+
+    def exchange(self, gradient, base_version, report, newer_than, aux_newer_than, pull):
+        reply = self.shard.exchange(gradient, base_version, newer_than, aux_newer_than, pull)
+        return PushResult(reply.version, 0, False), reply
+
+    def snapshot(self):
+        return self.shard.snapshot()
+
+
+class ParameterServerServicer(pb_grpc.ParameterServerServicer):
+    """Serves the job table `jobs` (see the module's docstring)."""
 
     def __init__(self, jobs):
         self.jobs = jobs
         self._cache_lock = threading.Lock()
         self._job_bytes: tuple = (None, b"")    # (job_id, encoded job) of the running job
-        self._cache: tuple = (None, b"")        # (key, encoded WeightSet) of the last pull
+        self._weight_frames: dict = {}          # (job, slice) -> (versions, data frames)
 
+    # --- finding the job -------------------------------------------------------------------
     def _server(self, job_id: str, context: grpc.ServicerContext):
         server = self.jobs.server_for(job_id)
         if server is None:
-            running = self.jobs.running()
-            where = (f"this parameter server runs job {running[0].job_id!r}" if running
-                     else "no job runs here now")
-            context.abort(grpc.StatusCode.NOT_FOUND, f"job {job_id!r} is not running; {where}")
+            self._not_running(job_id, context)
         return server
+
+    def _not_running(self, job_id: str, context: grpc.ServicerContext) -> None:
+        current = self.jobs.current()
+        where = (f"this parameter server runs job {current.job_id!r}" if current is not None
+                 else "no job runs here now")
+        context.abort(grpc.StatusCode.NOT_FOUND, f"job {job_id!r} is not running; {where}")
 
     def _encoded_job(self, job: Job) -> bytes:
         with self._cache_lock:
@@ -137,71 +213,111 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
         running = self.jobs.running()
         if running is None:
             context.abort(grpc.StatusCode.NOT_FOUND, "no job runs here now; waiting for one")
-        job = running[0]
+        job, server = running
         data = self._encoded_job(job)
         index = self.jobs.next_worker_index(job.job_id)
         for i, piece in enumerate(serde.split_chunks(data)):
             yield (pb.JobChunk(job_id=job.job_id, config_json=job.settings_json(),
-                               makers=piece, worker_index=index) if i == 0
+                               makers=piece, worker_index=index,
+                               shards=shard_infos(server.shard_map())) if i == 0
                    else pb.JobChunk(makers=piece))
 
-    def _encoded(self, job_id: str, update: WeightsUpdate) -> bytes:
-        # Several workers pull the same version: encode it once.
-        key = (job_id, update.version, update.aux_version if update.aux is not None else None)
-        with self._cache_lock:
-            if self._cache[0] == key:
-                return self._cache[1]
-        weight_set = pb.WeightSet(online=serde.arrays_to_proto(update.weights))
-        if update.aux is not None:
-            weight_set.aux.CopyFrom(serde.arrays_to_proto(update.aux))
-        data = weight_set.SerializeToString()
-        with self._cache_lock:
-            self._cache = (key, data)
-        return data
-
-    def GetWeights(self, request, context) -> Iterator[pb.WeightsChunk]:
+    def GetShards(self, request, context) -> pb.ShardMap:
         server = self._server(request.job_id, context)
-        update = server.get_weights(request.newer_than, request.aux_newer_than)
-        if update is None:
-            return
-        for piece in serde.split_chunks(self._encoded(request.job_id, update)):
-            yield pb.WeightsChunk(version=update.version, aux_version=update.aux_version,
-                                  data=piece)
+        return pb.ShardMap(shards=shard_infos(server.shard_map()), complete=server.ready)
 
-    def PushGradients(self, request_iterator, context) -> pb.PushReply:
-        first = next(request_iterator, None)
-        if first is None:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "empty gradient push")
-        server = self._server(first.job_id, context)
-        data = serde.join_chunks([first.data] + [c.data for c in request_iterator])
-        result = self._with_gradients(context, server.push, data, first.base_version,
-                                      report_from_proto(first.report))
-        return push_reply(result)
-
-    def Exchange(self, request, context) -> pb.ExchangeReply:
-        server = self._server(request.job_id, context)
-        result, update = self._with_gradients(
-            context, server.push_and_pull, request.gradients, request.base_version,
-            report_from_proto(request.report), request.newer_than, request.aux_newer_than)
-        reply = pb.ExchangeReply(push=push_reply(result))
-        if update is not None:
-            data = self._encoded(request.job_id, update)
-            reply.version, reply.aux_version = update.version, update.aux_version
-            if len(data) <= serde.CHUNK_BYTES:
-                reply.weights = data
-            else:
-                reply.weights_too_big = True
-        return reply
+    # --- exchanges -------------------------------------------------------------------------
+    def Exchange(self, request_iterator, context) -> Iterator[bytes]:
+        frames = (self._decode(raw, context) for raw in request_iterator)
+        for raw_header, data in frames:
+            if raw_header is None:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                              "an exchange must start with a frame that has a header")
+            try:
+                header = pb.RequestHeader.FromString(raw_header)
+            except DecodeError as err:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed header: {err}")
+            target = self.jobs.slice_for(header.job_id, header.shard)
+            if target is None:
+                if self.jobs.server_for(header.job_id) is not None:
+                    context.abort(grpc.StatusCode.NOT_FOUND, f"job {header.job_id!r} has no "
+                                                             f"slice {header.shard} here")
+                self._not_running(header.job_id, context)
+            gradient = self._gradient(header, data, frames, target.size, context)
+            report = report_from_proto(header.report) if header.HasField("report") else None
+            try:
+                result, reply = target.exchange(gradient, header.base_version, report,
+                                                header.newer_than, header.aux_newer_than,
+                                                header.pull)
+            except ValueError as err:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"gradients refused: {err}")
+            yield from self._reply_frames(header, target, result, reply)
 
     @staticmethod
-    def _with_gradients(context, call, data: bytes, *args):
-        """`call(gradients, *args)` on the decoded gradients (None when `data` is empty);
-        malformed or misfitting gradients refuse the call."""
+    def _decode(raw: bytes, context) -> tuple[bytes | None, memoryview]:
         try:
-            return call(serde.decode_arrays(data) if data else None, *args)
+            return serde.decode_frame(raw)
         except ValueError as err:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"gradients refused: {err}")
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
 
+    @staticmethod
+    def _gradient(header: pb.RequestHeader, data: memoryview, frames: Iterator,
+                  size: int, context) -> np.ndarray | None:
+        """The gradient slice the header announces, read from this and the next frames."""
+        count = header.gradient_values
+        if count == 0:
+            if len(data):
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                              "gradient_values is 0 but the frame carries data")
+            return None
+        if count != size:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"gradient_values is {count}; slice {header.shard} of job "
+                          f"{header.job_id!r} has {size} weights")
+        reader = serde.ValueReader(count)
+        try:
+            reader.add(data)
+            while not reader.done:
+                more_header, piece = next(frames)
+                if more_header is not None:
+                    raise ValueError("a new exchange began before the gradient was complete")
+                reader.add(piece)
+        except StopIteration:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          "the stream ended before the gradient was complete")
+        except ValueError as err:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"gradient_values: {err}")
+        return reader.values()
+
+    def _reply_frames(self, header: pb.RequestHeader, target: Any, result: PushResult,
+                      reply: ShardReply) -> list[bytes]:
+        """A header frame, then the weights (and aux) slice as data frames, cached per version
+        since every worker that pulls a version gets the same bytes."""
+        out = pb.ReplyHeader(push=push_reply(result), version=reply.version,
+                             aux_version=reply.aux_version)
+        if reply.weights is None:
+            return [serde.encode_frame(out.SerializeToString())]
+        out.weight_values = len(reply.weights)
+        out.aux_values = 0 if reply.aux is None else len(reply.aux)
+        if target.others:
+            out.others.CopyFrom(serde.arrays_to_proto(target.others))
+        return [serde.encode_frame(out.SerializeToString())] + self._data_frames(header, reply)
+
+    def _data_frames(self, header: pb.RequestHeader, reply: ShardReply) -> list[bytes]:
+        key = (header.job_id, header.shard)
+        versions = (reply.version, None if reply.aux is None else reply.aux_version)
+        with self._cache_lock:
+            cached = self._weight_frames.get(key)
+        if cached is not None and cached[0] == versions:
+            return cached[1]
+        data = serde.float_bytes(reply.weights, reply.aux)
+        frames = [serde.encode_frame(None, data[i:i + serde.FRAME_DATA_BYTES])
+                  for i in range(0, len(data), serde.FRAME_DATA_BYTES)]
+        with self._cache_lock:
+            self._weight_frames[key] = (versions, frames)
+        return frames
+
+    # --- the job's counters ----------------------------------------------------------------
     def ReportEvaluation(self, request, context) -> pb.PushReply:
         server = self._server(request.job_id, context)
         result = server.report_evaluation(request.global_steps, list(request.returns))
@@ -210,110 +326,70 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
     def GetStatus(self, request, context) -> pb.JobStatus:
         if request.job_id:
             return status_to_proto(self._server(request.job_id, context).status())
-        running = self.jobs.running()
-        if running is None:
+        current = self.jobs.current()
+        if current is None:
             context.abort(grpc.StatusCode.NOT_FOUND, "no job runs here now")
-        return status_to_proto(running[1].status())
+        return status_to_proto(current.status())
 
     def Stop(self, request, context) -> pb.JobStatus:
         server = self._server(request.job_id, context)
         server.stop(request.reason or "stopped on request")
         return status_to_proto(server.status())
 
+    # --- shard processes -------------------------------------------------------------------
+    def JoinShard(self, request, context) -> Iterator[pb.StateChunk]:
+        server = self.jobs.current()
+        if server is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, "no job runs here now; waiting for one")
+        address = request.address or f"{peer_host(context.peer())}:{request.port}"
+        assignment = server.assignment(address)
+        if assignment is None:
+            context.abort(grpc.StatusCode.NOT_FOUND,
+                          f"every slice of job {server.job_id!r} is served")
+        settings, state = assignment
+        for i, piece in enumerate(serde.split_chunks(serde.encode_state(state))):
+            yield (pb.StateChunk(job_id=server.job_id, shard=settings["index"],
+                                 settings_json=json.dumps(settings), address=address,
+                                 data=piece) if i == 0 else pb.StateChunk(data=piece))
 
-class ParameterClient:
-    """The parameter server over gRPC, with the same methods as the in-process object."""
+    def ShardReady(self, request, context) -> pb.ShardReadyReply:
+        server = self._server(request.job_id, context)
+        return pb.ShardReadyReply(accepted=server.slots.ready(request.shard, request.address))
 
-    def __init__(self, address: str, job_id: str | None = None, timeout: float = CALL_TIMEOUT,
-                 security: Security | None = None):
-        self.address = address
-        self.channel = make_channel(address, security)
-        self.stub = pb_grpc.ParameterServerStub(self.channel)
-        self.job_id = job_id
-        self.timeout = timeout
-
-    def fetch_job(self) -> Job:
-        """The job this server runs (its makers unpickled here); sets `worker_index`."""
-        chunks = list(self.stub.GetJob(pb.JobRequest(python_version=python_version()),
-                                       timeout=self.timeout))
-        self.job_id = chunks[0].job_id
-        self.worker_index = chunks[0].worker_index
-        return Job.decode(self.job_id, serde.join_chunks(c.makers for c in chunks))
-
-    def fetch_settings(self) -> tuple[str, dict]:
-        """(job_id, plain settings) of the running job, without unpickling its makers."""
-        call = self.stub.GetJob(pb.JobRequest(python_version=python_version()),
-                                timeout=self.timeout)
-        first = next(call)
-        call.cancel()
-        return first.job_id, json.loads(first.config_json)
-
-    def get_weights(self, newer_than: int, aux_newer_than: int = -1) -> WeightsUpdate | None:
-        chunks = list(self.stub.GetWeights(
-            pb.WeightsRequest(job_id=self.job_id, newer_than=newer_than,
-                              aux_newer_than=aux_newer_than), timeout=self.timeout))
-        if not chunks:
-            return None
-        return weights_update(chunks[0].version, chunks[0].aux_version,
-                              serde.join_chunks(c.data for c in chunks))
-
-    def push(self, gradients: Sequence[np.ndarray] | None, base_version: int,
-             report: WorkerReport) -> PushResult:
-        return self._push_chunks(serde.encode_arrays(gradients) if gradients else b"",
-                                 base_version, report)
-
-    def _push_chunks(self, data: bytes, base_version: int, report: WorkerReport) -> PushResult:
-        def chunks():
-            for i, piece in enumerate(serde.split_chunks(data)):
-                if i == 0:
-                    yield pb.GradientsChunk(job_id=self.job_id, base_version=base_version,
-                                            report=report_to_proto(report), data=piece)
-                else:
-                    yield pb.GradientsChunk(data=piece)
-
-        reply = self.stub.PushGradients(chunks(), timeout=self.timeout)
-        return PushResult(reply.version, reply.global_steps, reply.stop)
-
-    def push_and_pull(self, gradients: Sequence[np.ndarray] | None, base_version: int,
-                      report: WorkerReport, newer_than: int,
-                      aux_newer_than: int = -1) -> tuple[PushResult, WeightsUpdate | None]:
-        data = serde.encode_arrays(gradients) if gradients else b""
-        if len(data) > serde.CHUNK_BYTES:
-            result = self._push_chunks(data, base_version, report)
-            return result, None if result.stop else self.get_weights(newer_than, aux_newer_than)
-        reply = self.stub.Exchange(pb.ExchangeRequest(
-            job_id=self.job_id, base_version=base_version, report=report_to_proto(report),
-            gradients=data, newer_than=newer_than, aux_newer_than=aux_newer_than),
-            timeout=self.timeout)
-        result = PushResult(reply.push.version, reply.push.global_steps, reply.push.stop)
-        if reply.weights_too_big:
-            return result, self.get_weights(newer_than, aux_newer_than)
-        if not reply.weights:
-            return result, None
-        return result, weights_update(reply.version, reply.aux_version, reply.weights)
-
-    def report_evaluation(self, global_steps: int, returns: Sequence[float]) -> PushResult:
-        reply = self.stub.ReportEvaluation(pb.EvaluationReport(
-            job_id=self.job_id, global_steps=global_steps, returns=list(returns)),
-            timeout=self.timeout)
-        return PushResult(reply.version, reply.global_steps, reply.stop)
-
-    def status(self) -> JobStatus:
-        return status_from_proto(self.stub.GetStatus(pb.StatusRequest(job_id=self.job_id or ""),
-                                                     timeout=self.timeout))
-
-    def stop(self, reason: str = "stopped on request") -> JobStatus:
-        """Ask the server to end the job."""
-        return status_from_proto(self.stub.Stop(pb.StopRequest(job_id=self.job_id,
-                                                               reason=reason),
-                                                timeout=self.timeout))
-
-    def close(self) -> None:
-        """Close the channel."""
-        self.channel.close()
+    def Snapshot(self, request, context) -> Iterator[pb.StateChunk]:
+        target = self.jobs.slice_for(request.job_id, request.shard)
+        if target is None:
+            context.abort(grpc.StatusCode.NOT_FOUND,
+                          f"slice {request.shard} of job {request.job_id!r} is not served here")
+        for piece in serde.split_chunks(serde.encode_state(target.snapshot())):
+            yield pb.StateChunk(job_id=request.job_id, shard=request.shard, data=piece)
 
 
 def add_parameter_server(jobs):
-    """A `make_server` hook that registers the parameter server service for a job table."""
-    return lambda grpc_server: pb_grpc.add_ParameterServerServicer_to_server(
-        ParameterServerServicer(jobs), grpc_server)
+    """A `make_server` hook that registers the parameter server service for a job table.
+
+    Exchange frames bypass protobuf's (copying) codec; every other method uses it.
+    """
+    servicer = ParameterServerServicer(jobs)
+
+    def add(grpc_server: grpc.Server) -> None:
+        handlers = {}
+        for method in pb.DESCRIPTOR.services_by_name["ParameterServer"].methods:
+            name = method.name
+            if name == "Exchange":
+                handlers[name] = grpc.stream_stream_rpc_method_handler(servicer.Exchange)
+                continue
+            request_class = getattr(pb, method.input_type.name)
+            response_class = getattr(pb, method.output_type.name)
+            kind = {(False, False): grpc.unary_unary_rpc_method_handler,
+                    (False, True): grpc.unary_stream_rpc_method_handler,
+                    (True, False): grpc.stream_unary_rpc_method_handler,
+                    (True, True): grpc.stream_stream_rpc_method_handler}[
+                (method.client_streaming, method.server_streaming)]
+            handlers[name] = kind(getattr(servicer, name),
+                                  request_deserializer=request_class.FromString,
+                                  response_serializer=response_class.SerializeToString)
+        grpc_server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(SERVICE, handlers),))
+
+    return add

@@ -13,45 +13,43 @@ class JobRequest(_message.Message):
     python_version: str
     def __init__(self, python_version: _Optional[str] = ...) -> None: ...
 
+class ShardInfo(_message.Message):
+    __slots__ = ("address", "start", "stop")
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    STOP_FIELD_NUMBER: _ClassVar[int]
+    address: str
+    start: int
+    stop: int
+    def __init__(self, address: _Optional[str] = ..., start: _Optional[int] = ..., stop: _Optional[int] = ...) -> None: ...
+
 class JobChunk(_message.Message):
-    __slots__ = ("job_id", "config_json", "makers", "worker_index")
+    __slots__ = ("job_id", "config_json", "makers", "worker_index", "shards")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
     MAKERS_FIELD_NUMBER: _ClassVar[int]
     WORKER_INDEX_FIELD_NUMBER: _ClassVar[int]
+    SHARDS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     config_json: str
     makers: bytes
     worker_index: int
-    def __init__(self, job_id: _Optional[str] = ..., config_json: _Optional[str] = ..., makers: _Optional[bytes] = ..., worker_index: _Optional[int] = ...) -> None: ...
+    shards: _containers.RepeatedCompositeFieldContainer[ShardInfo]
+    def __init__(self, job_id: _Optional[str] = ..., config_json: _Optional[str] = ..., makers: _Optional[bytes] = ..., worker_index: _Optional[int] = ..., shards: _Optional[_Iterable[_Union[ShardInfo, _Mapping]]] = ...) -> None: ...
 
-class WeightsRequest(_message.Message):
-    __slots__ = ("job_id", "newer_than", "aux_newer_than")
+class ShardsRequest(_message.Message):
+    __slots__ = ("job_id",)
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
-    NEWER_THAN_FIELD_NUMBER: _ClassVar[int]
-    AUX_NEWER_THAN_FIELD_NUMBER: _ClassVar[int]
     job_id: str
-    newer_than: int
-    aux_newer_than: int
-    def __init__(self, job_id: _Optional[str] = ..., newer_than: _Optional[int] = ..., aux_newer_than: _Optional[int] = ...) -> None: ...
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
-class WeightsChunk(_message.Message):
-    __slots__ = ("version", "aux_version", "data")
-    VERSION_FIELD_NUMBER: _ClassVar[int]
-    AUX_VERSION_FIELD_NUMBER: _ClassVar[int]
-    DATA_FIELD_NUMBER: _ClassVar[int]
-    version: int
-    aux_version: int
-    data: bytes
-    def __init__(self, version: _Optional[int] = ..., aux_version: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
-
-class WeightSet(_message.Message):
-    __slots__ = ("online", "aux")
-    ONLINE_FIELD_NUMBER: _ClassVar[int]
-    AUX_FIELD_NUMBER: _ClassVar[int]
-    online: _tensor_pb2.TensorList
-    aux: _tensor_pb2.TensorList
-    def __init__(self, online: _Optional[_Union[_tensor_pb2.TensorList, _Mapping]] = ..., aux: _Optional[_Union[_tensor_pb2.TensorList, _Mapping]] = ...) -> None: ...
+class ShardMap(_message.Message):
+    __slots__ = ("shards", "complete")
+    SHARDS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETE_FIELD_NUMBER: _ClassVar[int]
+    shards: _containers.RepeatedCompositeFieldContainer[ShardInfo]
+    complete: bool
+    def __init__(self, shards: _Optional[_Iterable[_Union[ShardInfo, _Mapping]]] = ..., complete: _Optional[bool] = ...) -> None: ...
 
 class WorkerReport(_message.Message):
     __slots__ = ("worker", "env_steps", "episode_returns", "episode_lengths", "stats")
@@ -74,18 +72,6 @@ class WorkerReport(_message.Message):
     stats: _containers.ScalarMap[str, float]
     def __init__(self, worker: _Optional[int] = ..., env_steps: _Optional[int] = ..., episode_returns: _Optional[_Iterable[float]] = ..., episode_lengths: _Optional[_Iterable[int]] = ..., stats: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
-class GradientsChunk(_message.Message):
-    __slots__ = ("job_id", "base_version", "report", "data")
-    JOB_ID_FIELD_NUMBER: _ClassVar[int]
-    BASE_VERSION_FIELD_NUMBER: _ClassVar[int]
-    REPORT_FIELD_NUMBER: _ClassVar[int]
-    DATA_FIELD_NUMBER: _ClassVar[int]
-    job_id: str
-    base_version: int
-    report: WorkerReport
-    data: bytes
-    def __init__(self, job_id: _Optional[str] = ..., base_version: _Optional[int] = ..., report: _Optional[_Union[WorkerReport, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
-
 class PushReply(_message.Message):
     __slots__ = ("version", "global_steps", "stop")
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -96,35 +82,107 @@ class PushReply(_message.Message):
     stop: bool
     def __init__(self, version: _Optional[int] = ..., global_steps: _Optional[int] = ..., stop: _Optional[bool] = ...) -> None: ...
 
-class ExchangeRequest(_message.Message):
-    __slots__ = ("job_id", "base_version", "report", "gradients", "newer_than", "aux_newer_than")
+class RequestHeader(_message.Message):
+    __slots__ = ("job_id", "shard", "base_version", "report", "newer_than", "aux_newer_than", "pull", "gradient_values")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    SHARD_FIELD_NUMBER: _ClassVar[int]
     BASE_VERSION_FIELD_NUMBER: _ClassVar[int]
     REPORT_FIELD_NUMBER: _ClassVar[int]
-    GRADIENTS_FIELD_NUMBER: _ClassVar[int]
     NEWER_THAN_FIELD_NUMBER: _ClassVar[int]
     AUX_NEWER_THAN_FIELD_NUMBER: _ClassVar[int]
+    PULL_FIELD_NUMBER: _ClassVar[int]
+    GRADIENT_VALUES_FIELD_NUMBER: _ClassVar[int]
     job_id: str
+    shard: int
     base_version: int
     report: WorkerReport
-    gradients: bytes
     newer_than: int
     aux_newer_than: int
-    def __init__(self, job_id: _Optional[str] = ..., base_version: _Optional[int] = ..., report: _Optional[_Union[WorkerReport, _Mapping]] = ..., gradients: _Optional[bytes] = ..., newer_than: _Optional[int] = ..., aux_newer_than: _Optional[int] = ...) -> None: ...
+    pull: bool
+    gradient_values: int
+    def __init__(self, job_id: _Optional[str] = ..., shard: _Optional[int] = ..., base_version: _Optional[int] = ..., report: _Optional[_Union[WorkerReport, _Mapping]] = ..., newer_than: _Optional[int] = ..., aux_newer_than: _Optional[int] = ..., pull: _Optional[bool] = ..., gradient_values: _Optional[int] = ...) -> None: ...
 
-class ExchangeReply(_message.Message):
-    __slots__ = ("push", "version", "aux_version", "weights", "weights_too_big")
+class ExchangeRequest(_message.Message):
+    __slots__ = ("header", "data", "pad")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    PAD_FIELD_NUMBER: _ClassVar[int]
+    header: RequestHeader
+    data: bytes
+    pad: bytes
+    def __init__(self, header: _Optional[_Union[RequestHeader, _Mapping]] = ..., data: _Optional[bytes] = ..., pad: _Optional[bytes] = ...) -> None: ...
+
+class ReplyHeader(_message.Message):
+    __slots__ = ("push", "version", "aux_version", "weight_values", "aux_values", "others")
     PUSH_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     AUX_VERSION_FIELD_NUMBER: _ClassVar[int]
-    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
-    WEIGHTS_TOO_BIG_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_VALUES_FIELD_NUMBER: _ClassVar[int]
+    AUX_VALUES_FIELD_NUMBER: _ClassVar[int]
+    OTHERS_FIELD_NUMBER: _ClassVar[int]
     push: PushReply
     version: int
     aux_version: int
-    weights: bytes
-    weights_too_big: bool
-    def __init__(self, push: _Optional[_Union[PushReply, _Mapping]] = ..., version: _Optional[int] = ..., aux_version: _Optional[int] = ..., weights: _Optional[bytes] = ..., weights_too_big: _Optional[bool] = ...) -> None: ...
+    weight_values: int
+    aux_values: int
+    others: _tensor_pb2.TensorList
+    def __init__(self, push: _Optional[_Union[PushReply, _Mapping]] = ..., version: _Optional[int] = ..., aux_version: _Optional[int] = ..., weight_values: _Optional[int] = ..., aux_values: _Optional[int] = ..., others: _Optional[_Union[_tensor_pb2.TensorList, _Mapping]] = ...) -> None: ...
+
+class ExchangeReply(_message.Message):
+    __slots__ = ("header", "data", "pad")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    PAD_FIELD_NUMBER: _ClassVar[int]
+    header: ReplyHeader
+    data: bytes
+    pad: bytes
+    def __init__(self, header: _Optional[_Union[ReplyHeader, _Mapping]] = ..., data: _Optional[bytes] = ..., pad: _Optional[bytes] = ...) -> None: ...
+
+class JoinShardRequest(_message.Message):
+    __slots__ = ("address", "port")
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    address: str
+    port: int
+    def __init__(self, address: _Optional[str] = ..., port: _Optional[int] = ...) -> None: ...
+
+class StateChunk(_message.Message):
+    __slots__ = ("job_id", "shard", "settings_json", "address", "data")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    SETTINGS_JSON_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    shard: int
+    settings_json: str
+    address: str
+    data: bytes
+    def __init__(self, job_id: _Optional[str] = ..., shard: _Optional[int] = ..., settings_json: _Optional[str] = ..., address: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class ShardReadyRequest(_message.Message):
+    __slots__ = ("job_id", "shard", "address")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    shard: int
+    address: str
+    def __init__(self, job_id: _Optional[str] = ..., shard: _Optional[int] = ..., address: _Optional[str] = ...) -> None: ...
+
+class ShardReadyReply(_message.Message):
+    __slots__ = ("accepted",)
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    accepted: bool
+    def __init__(self, accepted: _Optional[bool] = ...) -> None: ...
+
+class SnapshotRequest(_message.Message):
+    __slots__ = ("job_id", "shard")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    shard: int
+    def __init__(self, job_id: _Optional[str] = ..., shard: _Optional[int] = ...) -> None: ...
 
 class EvaluationReport(_message.Message):
     __slots__ = ("job_id", "global_steps", "returns")

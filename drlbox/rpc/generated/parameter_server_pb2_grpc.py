@@ -39,20 +39,15 @@ class ParameterServerStub:
                 request_serializer=drlbox_dot_v1_dot_parameter__server__pb2.JobRequest.SerializeToString,
                 response_deserializer=drlbox_dot_v1_dot_parameter__server__pb2.JobChunk.FromString,
                 _registered_method=True)
-        self.GetWeights = channel.unary_stream(
-                '/drlbox.v1.ParameterServer/GetWeights',
-                request_serializer=drlbox_dot_v1_dot_parameter__server__pb2.WeightsRequest.SerializeToString,
-                response_deserializer=drlbox_dot_v1_dot_parameter__server__pb2.WeightsChunk.FromString,
-                _registered_method=True)
-        self.PushGradients = channel.stream_unary(
-                '/drlbox.v1.ParameterServer/PushGradients',
-                request_serializer=drlbox_dot_v1_dot_parameter__server__pb2.GradientsChunk.SerializeToString,
-                response_deserializer=drlbox_dot_v1_dot_parameter__server__pb2.PushReply.FromString,
-                _registered_method=True)
-        self.Exchange = channel.unary_unary(
+        self.Exchange = channel.stream_stream(
                 '/drlbox.v1.ParameterServer/Exchange',
                 request_serializer=drlbox_dot_v1_dot_parameter__server__pb2.ExchangeRequest.SerializeToString,
                 response_deserializer=drlbox_dot_v1_dot_parameter__server__pb2.ExchangeReply.FromString,
+                _registered_method=True)
+        self.GetShards = channel.unary_unary(
+                '/drlbox.v1.ParameterServer/GetShards',
+                request_serializer=drlbox_dot_v1_dot_parameter__server__pb2.ShardsRequest.SerializeToString,
+                response_deserializer=drlbox_dot_v1_dot_parameter__server__pb2.ShardMap.FromString,
                 _registered_method=True)
         self.ReportEvaluation = channel.unary_unary(
                 '/drlbox.v1.ParameterServer/ReportEvaluation',
@@ -69,35 +64,46 @@ class ParameterServerStub:
                 request_serializer=drlbox_dot_v1_dot_parameter__server__pb2.StopRequest.SerializeToString,
                 response_deserializer=drlbox_dot_v1_dot_parameter__server__pb2.JobStatus.FromString,
                 _registered_method=True)
+        self.JoinShard = channel.unary_stream(
+                '/drlbox.v1.ParameterServer/JoinShard',
+                request_serializer=drlbox_dot_v1_dot_parameter__server__pb2.JoinShardRequest.SerializeToString,
+                response_deserializer=drlbox_dot_v1_dot_parameter__server__pb2.StateChunk.FromString,
+                _registered_method=True)
+        self.ShardReady = channel.unary_unary(
+                '/drlbox.v1.ParameterServer/ShardReady',
+                request_serializer=drlbox_dot_v1_dot_parameter__server__pb2.ShardReadyRequest.SerializeToString,
+                response_deserializer=drlbox_dot_v1_dot_parameter__server__pb2.ShardReadyReply.FromString,
+                _registered_method=True)
+        self.Snapshot = channel.unary_stream(
+                '/drlbox.v1.ParameterServer/Snapshot',
+                request_serializer=drlbox_dot_v1_dot_parameter__server__pb2.SnapshotRequest.SerializeToString,
+                response_deserializer=drlbox_dot_v1_dot_parameter__server__pb2.StateChunk.FromString,
+                _registered_method=True)
 
 
 class ParameterServerServicer:
     """Missing associated documentation comment in .proto file."""
 
     def GetJob(self, request, context):
-        """The job's spec: plain settings as JSON and the user's makers as cloudpickle bytes.
+        """The running job, once every slice of its weights is served: plain settings as JSON, the
+        user's makers as cloudpickle bytes, and where each slice is served.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def GetWeights(self, request, context):
-        """The newest weights, or an empty stream when version <= newer_than.
+    def Exchange(self, request_iterator, context):
+        """A session with one shard (one slice of the weights): a stream of exchanges, one at a
+        time. An exchange is a request frame with a header, then frames with the rest of the
+        gradient slice; its answer is a reply frame with a header, then frames with the weights
+        slice and the aux slice when the caller needs them. Every slice travels as raw float32.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def PushGradients(self, request_iterator, context):
-        """A serialized TensorList of gradients, chunked; an empty list only reports progress.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def Exchange(self, request, context):
-        """A push and the weight pull after it in one round trip, for a worker whose gradients and
-        weights each fit in one chunk (bigger ones use PushGradients and GetWeights).
+    def GetShards(self, request, context):
+        """Where each slice of a job's weights is served now (a worker asks after losing a shard).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -121,6 +127,26 @@ class ParameterServerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def JoinShard(self, request, context):
+        """Shard processes: take a free slice of the running job (its plain settings, then its
+        state), say that it is served, and give its state back for checkpoints.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ShardReady(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Snapshot(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ParameterServerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -129,20 +155,15 @@ def add_ParameterServerServicer_to_server(servicer, server):
                     request_deserializer=drlbox_dot_v1_dot_parameter__server__pb2.JobRequest.FromString,
                     response_serializer=drlbox_dot_v1_dot_parameter__server__pb2.JobChunk.SerializeToString,
             ),
-            'GetWeights': grpc.unary_stream_rpc_method_handler(
-                    servicer.GetWeights,
-                    request_deserializer=drlbox_dot_v1_dot_parameter__server__pb2.WeightsRequest.FromString,
-                    response_serializer=drlbox_dot_v1_dot_parameter__server__pb2.WeightsChunk.SerializeToString,
-            ),
-            'PushGradients': grpc.stream_unary_rpc_method_handler(
-                    servicer.PushGradients,
-                    request_deserializer=drlbox_dot_v1_dot_parameter__server__pb2.GradientsChunk.FromString,
-                    response_serializer=drlbox_dot_v1_dot_parameter__server__pb2.PushReply.SerializeToString,
-            ),
-            'Exchange': grpc.unary_unary_rpc_method_handler(
+            'Exchange': grpc.stream_stream_rpc_method_handler(
                     servicer.Exchange,
                     request_deserializer=drlbox_dot_v1_dot_parameter__server__pb2.ExchangeRequest.FromString,
                     response_serializer=drlbox_dot_v1_dot_parameter__server__pb2.ExchangeReply.SerializeToString,
+            ),
+            'GetShards': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetShards,
+                    request_deserializer=drlbox_dot_v1_dot_parameter__server__pb2.ShardsRequest.FromString,
+                    response_serializer=drlbox_dot_v1_dot_parameter__server__pb2.ShardMap.SerializeToString,
             ),
             'ReportEvaluation': grpc.unary_unary_rpc_method_handler(
                     servicer.ReportEvaluation,
@@ -158,6 +179,21 @@ def add_ParameterServerServicer_to_server(servicer, server):
                     servicer.Stop,
                     request_deserializer=drlbox_dot_v1_dot_parameter__server__pb2.StopRequest.FromString,
                     response_serializer=drlbox_dot_v1_dot_parameter__server__pb2.JobStatus.SerializeToString,
+            ),
+            'JoinShard': grpc.unary_stream_rpc_method_handler(
+                    servicer.JoinShard,
+                    request_deserializer=drlbox_dot_v1_dot_parameter__server__pb2.JoinShardRequest.FromString,
+                    response_serializer=drlbox_dot_v1_dot_parameter__server__pb2.StateChunk.SerializeToString,
+            ),
+            'ShardReady': grpc.unary_unary_rpc_method_handler(
+                    servicer.ShardReady,
+                    request_deserializer=drlbox_dot_v1_dot_parameter__server__pb2.ShardReadyRequest.FromString,
+                    response_serializer=drlbox_dot_v1_dot_parameter__server__pb2.ShardReadyReply.SerializeToString,
+            ),
+            'Snapshot': grpc.unary_stream_rpc_method_handler(
+                    servicer.Snapshot,
+                    request_deserializer=drlbox_dot_v1_dot_parameter__server__pb2.SnapshotRequest.FromString,
+                    response_serializer=drlbox_dot_v1_dot_parameter__server__pb2.StateChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -198,7 +234,7 @@ class ParameterServer:
             _registered_method=True)
 
     @staticmethod
-    def GetWeights(request,
+    def Exchange(request_iterator,
             target,
             options=(),
             channel_credentials=None,
@@ -208,39 +244,12 @@ class ParameterServer:
             wait_for_ready=None,
             timeout=None,
             metadata=None):
-        return grpc.experimental.unary_stream(
-            request,
-            target,
-            '/drlbox.v1.ParameterServer/GetWeights',
-            drlbox_dot_v1_dot_parameter__server__pb2.WeightsRequest.SerializeToString,
-            drlbox_dot_v1_dot_parameter__server__pb2.WeightsChunk.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def PushGradients(request_iterator,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.stream_unary(
+        return grpc.experimental.stream_stream(
             request_iterator,
             target,
-            '/drlbox.v1.ParameterServer/PushGradients',
-            drlbox_dot_v1_dot_parameter__server__pb2.GradientsChunk.SerializeToString,
-            drlbox_dot_v1_dot_parameter__server__pb2.PushReply.FromString,
+            '/drlbox.v1.ParameterServer/Exchange',
+            drlbox_dot_v1_dot_parameter__server__pb2.ExchangeRequest.SerializeToString,
+            drlbox_dot_v1_dot_parameter__server__pb2.ExchangeReply.FromString,
             options,
             channel_credentials,
             insecure,
@@ -252,7 +261,7 @@ class ParameterServer:
             _registered_method=True)
 
     @staticmethod
-    def Exchange(request,
+    def GetShards(request,
             target,
             options=(),
             channel_credentials=None,
@@ -265,9 +274,9 @@ class ParameterServer:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/drlbox.v1.ParameterServer/Exchange',
-            drlbox_dot_v1_dot_parameter__server__pb2.ExchangeRequest.SerializeToString,
-            drlbox_dot_v1_dot_parameter__server__pb2.ExchangeReply.FromString,
+            '/drlbox.v1.ParameterServer/GetShards',
+            drlbox_dot_v1_dot_parameter__server__pb2.ShardsRequest.SerializeToString,
+            drlbox_dot_v1_dot_parameter__server__pb2.ShardMap.FromString,
             options,
             channel_credentials,
             insecure,
@@ -349,6 +358,87 @@ class ParameterServer:
             '/drlbox.v1.ParameterServer/Stop',
             drlbox_dot_v1_dot_parameter__server__pb2.StopRequest.SerializeToString,
             drlbox_dot_v1_dot_parameter__server__pb2.JobStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def JoinShard(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/drlbox.v1.ParameterServer/JoinShard',
+            drlbox_dot_v1_dot_parameter__server__pb2.JoinShardRequest.SerializeToString,
+            drlbox_dot_v1_dot_parameter__server__pb2.StateChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ShardReady(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/drlbox.v1.ParameterServer/ShardReady',
+            drlbox_dot_v1_dot_parameter__server__pb2.ShardReadyRequest.SerializeToString,
+            drlbox_dot_v1_dot_parameter__server__pb2.ShardReadyReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Snapshot(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/drlbox.v1.ParameterServer/Snapshot',
+            drlbox_dot_v1_dot_parameter__server__pb2.SnapshotRequest.SerializeToString,
+            drlbox_dot_v1_dot_parameter__server__pb2.StateChunk.FromString,
             options,
             channel_credentials,
             insecure,
