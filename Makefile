@@ -5,8 +5,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 BENCH_STAMP := $(VENV)/.installed-bench
+PLOT_STAMP := $(VENV)/.installed-plot
 
-.PHONY: install train test test-fast protos bench bench-forward clean
+.PHONY: install train test test-fast protos bench bench-forward bench-scale clean
 
 $(STAMP): setup.py pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -44,6 +45,16 @@ bench: $(BENCH_STAMP)
 bench-forward: $(STAMP)
 	$(PY) benchmarks/bench_forward.py
 
+## The parameter server against 1..32 simulated workers: updates/s, push latency, server CPU per
+## update, staleness, for the CartPole MLP and the Nature CNN, 1 and 2 shards (a few minutes).
+## BENCH_SCALE_ARGS=... passes options (see benchmarks/bench_scale.py --help).
+$(PLOT_STAMP): $(STAMP)
+	$(PY) -m pip install -e '.[plot]'
+	touch $(PLOT_STAMP)
+
+bench-scale: $(PLOT_STAMP)
+	$(PY) benchmarks/bench_scale.py $(BENCH_SCALE_ARGS)
+
 clean:
 	rm -rf build dist *.egg-info .pytest_cache
 
@@ -53,8 +64,11 @@ clean:
 #   make docker-setup        install docker.io/docker-compose/debootstrap, start dockerd, base image
 #   make images              build drlbox/replay, drlbox/parameter-server, drlbox/worker
 #                            (BASE_IMAGE=, TAG=, EXTRAS= are passed to images/build.sh)
-#   make up [WORKERS=2]      write deploy/.env (random token) if missing, build missing images,
-#                            start the cluster and wait until every container is healthy
+#   make up [WORKERS=2] [PS_SHARDS=1]
+#                            write deploy/.env (random token) if missing, build missing images,
+#                            start the cluster (the parameter server cutting each job's weights
+#                            into PS_SHARDS slices, PS_SHARDS-1 ps-shard containers) and wait
+#                            until every container is healthy
 #   make scale WORKERS=N     change the number of workers
 #   make ps | logs [SERVICE=worker] [FOLLOW=1] | token
 #   make down [VOLUMES=1]    remove containers and network (VOLUMES=1 also deletes checkpoints)
@@ -73,14 +87,16 @@ CLUSTER_PROJECT ?= drlbox
 CLUSTER_FILE := deploy/docker-compose.yml
 CLUSTER_ENV := deploy/.env
 WORKERS ?= 2
+PS_SHARDS ?= 1
 UP_TIMEOUT ?= 600
 TAIL ?= 200
 DC_BASE = $(COMPOSE) -p $(CLUSTER_PROJECT) -f $(CLUSTER_FILE)
 # TAG=... picks the image tag for both `make images` (images/build.sh) and compose (DRLBOX_TAG).
-DC = $(if $(TAG),DRLBOX_TAG=$(TAG) )$(DC_BASE)
+DC = $(if $(TAG),DRLBOX_TAG=$(TAG) )DRLBOX_PS_SHARDS=$(PS_SHARDS) $(DC_BASE)
 # Commands that create no containers work without deploy/.env (the compose file requires a token).
 DC_NOTOKEN = $(if $(wildcard $(CLUSTER_ENV)),,DRLBOX_TOKEN=not-needed )$(DC)
-WAIT_HEALTHY = COMPOSE_CMD="$(DC_BASE)" bash deploy/wait-healthy.sh
+WAIT_HEALTHY = COMPOSE_CMD="$(DC_BASE)" SCALED_TO_ZERO="$(if $(filter 1,$(PS_SHARDS)),ps-shard)" \
+	bash deploy/wait-healthy.sh
 
 .PHONY: docker-setup images up scale down clean-cluster logs ps token k8s-validate
 
@@ -99,8 +115,9 @@ $(CLUSTER_ENV):
 up: $(CLUSTER_ENV)
 	@echo "==> up: images (building only missing ones; 'make images' rebuilds)"
 	bash images/build.sh --if-missing
-	@echo "==> up: starting parameter-server, replay, evaluator and $(WORKERS) worker(s) with $(COMPOSE)"
-	$(DC) up -d --remove-orphans --scale worker=$(WORKERS) || { $(WAIT_HEALTHY) --report; exit 1; }
+	@echo "==> up: starting parameter-server ($(PS_SHARDS) shard(s)), replay, evaluator and $(WORKERS) worker(s) with $(COMPOSE)"
+	$(DC) up -d --remove-orphans --scale worker=$(WORKERS) --scale ps-shard=$$(( $(PS_SHARDS) - 1 )) \
+		|| { $(WAIT_HEALTHY) --report; exit 1; }
 	@echo "==> up: waiting until every container is healthy (at most $(UP_TIMEOUT)s)"
 	$(WAIT_HEALTHY) $(UP_TIMEOUT)
 	@$(DC) ps

@@ -26,5 +26,6 @@ setup(
         "dev": ["pytest>=8", "pytest-timeout>=2", "grpcio-tools==1.85.1", "pyyaml>=6",
                 "kubernetes-validate>=1.30"],
         "bench": ["torch==2.13.0", "stable-baselines3==2.9.2", "matplotlib>=3.7"],
+        "plot": ["matplotlib>=3.7"],
     },
 )

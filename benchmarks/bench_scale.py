@@ -115,9 +115,11 @@ def cpu_seconds(pid: int) -> float:
 def simulated_worker(address: str, job_id: str, index: int, rate: float | None,
                      start_at: float, stop_at: float, shards: int, out: "mp.Queue") -> None:
     """Push real-size gradients and take weights back as a rollout worker does; no TF here."""
+    from drlbox.launch.processes import keep_freed_memory
     from drlbox.roles.interfaces import WorkerReport
     from drlbox.rpc.parameter_client import ParameterClient
 
+    keep_freed_memory()                 # as a worker process does
     params = ParameterClient(address, job_id, timeout=60.0)
     first = params.get_weights(-1, -1)
     rng = np.random.default_rng(index)
@@ -290,7 +292,7 @@ def parse_configs(text: str) -> list[tuple[str, str, dict]]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--configs", default="mlp,cnn,cnn:shards=2",
+    parser.add_argument("--configs", default="mlp,cnn,cnn:staleness=16,cnn:shards=2:staleness=16",
                         help="MODEL[:shards=K][:staleness=S], comma-separated; models: "
                              "mlp, cnn")
     parser.add_argument("--workers", default="1,2,4,8,16,32")

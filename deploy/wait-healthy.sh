@@ -5,6 +5,8 @@
 #       deploy/wait-healthy.sh [TIMEOUT_SECONDS] [SERVICE...]
 #   deploy/wait-healthy.sh --report          # just print the diagnosis, exit 1
 #
+# SCALED_TO_ZERO="svc ..." names services started with --scale svc=0 (no container expected).
+#
 # Works with docker-compose 1.x and `docker compose` v2 (it asks compose only for container ids
 # and reads state from `docker inspect`). Fails early when a container exits, restarts or turns
 # unhealthy, and then prints each failing container's last health probes and logs.
@@ -21,7 +23,8 @@ elif [[ "${1:-}" =~ ^[0-9]+$ ]]; then
 fi
 services=("$@")
 if [ ${#services[@]} -eq 0 ]; then
-    mapfile -t services < <("${compose[@]}" config --services 2>/dev/null)
+    mapfile -t services < <("${compose[@]}" config --services 2>/dev/null \
+        | grep -vxF -f <(printf '%s\n' ${SCALED_TO_ZERO:-} '#none#'))
 fi
 if [ ${#services[@]} -eq 0 ]; then
     echo "wait-healthy: '${compose[*]} config --services' listed no services" >&2

@@ -133,8 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"drlbox: {err}", file=sys.stderr)
         return 2
-    from drlbox.launch.processes import limit_tf_threads, setup_logging
+    from drlbox.launch.processes import keep_freed_memory, limit_tf_threads, setup_logging
 
+    keep_freed_memory()
     setup_logging(args.role, args.verbose)
     if args.role != "replay":
         limit_tf_threads()

@@ -145,14 +145,19 @@ class Job:
             bar.close()
 
     def metrics(self) -> dict:
-        """Steps, steps/s, training episode returns, evaluator returns and the latest losses."""
+        """Steps, steps/s, training episode returns, evaluator returns, the latest losses and
+        the weights' mean staleness (updates by other workers between a worker's weight pull and
+        its push, over the last 100 pushes)."""
         s = self.status()
+        staleness = {k: v for k, v in s.stats.items() if k.startswith("staleness")}
         return {"state": s.state, "global_steps": s.global_steps,
                 "train_steps": s.train_steps, "steps_per_sec": s.steps_per_sec,
                 "updates": s.updates, "episodes": s.episodes,
                 "recent_return": s.recent_return, "episode_returns": list(s.recent_returns),
                 "evaluations": [(e.global_steps, e.mean_return) for e in s.evaluations],
-                "train_seconds": s.train_seconds, "losses": dict(s.stats)}
+                "train_seconds": s.train_seconds,
+                "staleness": staleness.get("staleness_mean", float("nan")),
+                "losses": {k: v for k, v in s.stats.items() if k not in staleness}}
 
     def checkpoints(self) -> list[Checkpoint]:
         """Saved models, oldest first (`path` is the file's name on the cluster)."""

@@ -17,7 +17,8 @@ fi
 
 # 1. Packages.
 packages=()
-command -v docker >/dev/null 2>&1 || packages+=(docker.io)
+# The engine (a docker client alone, e.g. in /usr/local/bin, cannot run containers).
+command -v dockerd >/dev/null 2>&1 || packages+=(docker.io)
 if ! command -v docker-compose >/dev/null 2>&1 && ! docker compose version >/dev/null 2>&1; then
     packages+=(docker-compose)
 fi

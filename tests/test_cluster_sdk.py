@@ -51,12 +51,15 @@ class Cluster:
     """Cluster-mode roles as processes on loopback, stopped on close()."""
 
     def __init__(self, base_port: int, data_dir: str, workers: int = 2, replay: bool = False,
-                 evaluator: bool = False):
-        self.ps_port, self.data_dir = base_port, data_dir
+                 evaluator: bool = False, shards: int = 1):
+        self.ps_port, self.data_dir, self.shards = base_port, data_dir, shards
         self.ps_address = f"127.0.0.1:{base_port}"
         self.procs: dict[str, subprocess.Popen] = {}
         self.worker_ports = [base_port + 3 + i for i in range(workers)]
+        self.shard_ports = [base_port + 3 + workers + k for k in range(shards - 1)]
         self.start_parameter_server()
+        for k, port in enumerate(self.shard_ports, start=1):
+            self.start(f"ps-shard-{k}", "ps-shard", port)
         if replay:
             self.start("replay", "replay", base_port + 1)
         if evaluator:
@@ -72,7 +75,8 @@ class Cluster:
 
     def start_parameter_server(self) -> None:
         self._spawn("parameter-server", ["parameter-server", "--port", str(self.ps_port),
-                                         "--data-dir", self.data_dir])
+                                         "--data-dir", self.data_dir,
+                                         "--shards", str(self.shards)])
         assert wait_healthy(self.ps_address, START_TIMEOUT), "parameter server did not start"
 
     def start(self, name: str, role: str, port: int, *extra: str) -> None:
@@ -164,6 +168,8 @@ def test_job_trains_and_its_checkpoint_loads_and_evaluates(client, tmp_path):
     assert metrics["evaluations"], "the cluster's evaluator reported nothing"
     assert metrics["episodes"] > 0 and metrics["episode_returns"]
     assert metrics["steps_per_sec"] > 0 and "policy_loss" in metrics["losses"]
+    # Two workers push in turn: each one's weights lag by about the other's update.
+    assert 0.0 <= metrics["staleness"] <= 4.0 and "staleness" not in metrics["losses"]
     steps = [c.global_steps for c in job.checkpoints()]
     assert steps == sorted(steps) and steps[0] >= 1000
     path = job.fetch_checkpoint(path=str(tmp_path))
@@ -279,6 +285,35 @@ def test_parameter_server_restart_resumes_the_job_and_workers_rejoin(port_base, 
         assert status.global_steps >= 30_000
         assert status.checkpoints[-1].global_steps == status.global_steps
         assert all(job_id == job.job_id for _, job_id in cluster.worker_states())
+        client.close()
+    finally:
+        cluster.close()
+
+
+def test_a_sharded_job_survives_a_killed_shard_and_a_restarted_parameter_server(port_base,
+                                                                               tmp_path):
+    cluster = Cluster(port_base(6), str(tmp_path / "data"), workers=2, shards=2)
+    try:
+        client = Client(cluster.ps_address, token=TOKEN, retry_seconds=120)
+        job = client.submit("a3c", **cartpole_job(train_steps=40_000, save_interval=2000))
+        wait_until(lambda: job.status().global_steps > 6000, 180, "progress past a checkpoint")
+        # A shard process dies: a new one takes its slice from the last snapshot.
+        cluster.kill("ps-shard-1")
+        killed_at = job.status().global_steps
+        cluster.start("ps-shard-1", "ps-shard", cluster.shard_ports[0])
+        wait_until(lambda: job.status().global_steps > killed_at + 6000, 180,
+                   "progress after the shard came back")
+        # The parameter server dies: it resumes the job with every slice restored.
+        cluster.kill("parameter-server")
+        cluster.start_parameter_server()
+        status = job.wait(timeout=300)
+        assert status.state == "done", status.message
+        assert status.resumed_from_steps >= 6000
+        assert status.global_steps >= 40_000
+        path = job.fetch_checkpoint(path=str(tmp_path))
+        import keras
+
+        assert keras.models.load_model(path, compile=False).count_params() > 0
         client.close()
     finally:
         cluster.close()

@@ -1,5 +1,5 @@
-"""End to end with real Docker: `make images`, `make up WORKERS=2`, the SDK, a killed worker,
-`make down`. Skipped where no Docker engine answers, except in CI (CI=true) or with
+"""End to end with real Docker: `make images`, `make up WORKERS=2 PS_SHARDS=2`, the SDK, a killed
+worker and a killed parameter-server shard, `make down`. Skipped where no Docker engine answers, except in CI (CI=true) or with
 DRLBOX_E2E=1, where a missing engine is a failure. Prints how long each step took.
 
 The cluster runs as its own compose project on its own loopback port, so a developer's
@@ -73,10 +73,10 @@ def project_containers(all_states: bool = True) -> list[str]:
     return out.split()
 
 
-def worker_containers() -> list[str]:
+def service_containers(service: str = "worker") -> list[str]:
     out = subprocess.run(["docker", "ps", "-q", "--filter",
                           f"label=com.docker.compose.project={PROJECT}", "--filter",
-                          "label=com.docker.compose.service=worker"],
+                          f"label=com.docker.compose.service={service}"],
                          capture_output=True, text=True, check=True).stdout
     return out.split()
 
@@ -101,13 +101,14 @@ def test_compose_cluster_trains_survives_a_killed_worker_and_comes_down(tmp_path
     from drlbox.evaluator import make_evaluator
 
     token = secrets.token_urlsafe(16)
-    env = {"CLUSTER_PROJECT": PROJECT, "WORKERS": "2", "DRLBOX_TOKEN": token,
+    env = {"CLUSTER_PROJECT": PROJECT, "WORKERS": "2", "PS_SHARDS": "2", "DRLBOX_TOKEN": token,
            "DRLBOX_SDK_PORT": str(free_port())}
     step = Steps(capsys)
     step("make images (cached layers reused)", make, "images", env)
     try:
-        step("make up WORKERS=2 (until healthy)", make, "up", env)
-        assert len(worker_containers()) == 2
+        step("make up WORKERS=2 PS_SHARDS=2 (until healthy)", make, "up", env)
+        assert len(service_containers()) == 2
+        assert len(service_containers("ps-shard")) == 1
         client = Client(f"127.0.0.1:{env['DRLBOX_SDK_PORT']}", token=token, retry_seconds=120)
         settings = dict(env_maker=lambda: gymnasium.make("CartPole-v1"), feature_maker=features,
                         rollout_maxlen=8, batch_size=4, opt_kwargs={"learning_rate": 2e-3},
@@ -126,13 +127,18 @@ def test_compose_cluster_trains_survives_a_killed_worker_and_comes_down(tmp_path
 
         job = step("submit again", client.submit, "a3c", train_steps=60_000, **settings)
         step("wait for progress", _wait_for_steps, job, 5000)
-        victim = worker_containers()[0]
+        victim = service_containers()[0]
         step("kill one worker container", subprocess.run, ["docker", "kill", victim],
              check=True, capture_output=True)
         killed_at = job.status().global_steps
         step("more progress with one worker", _wait_for_steps, job, killed_at + 5000)
         # `docker kill` counts as a manual stop (no automatic restart): start it again by hand.
         step("restart the killed worker; it rejoins", _restart_and_rejoin, victim, job.job_id)
+        (shard,) = service_containers("ps-shard")
+        step("kill the parameter-server shard", subprocess.run, ["docker", "kill", shard],
+             check=True, capture_output=True)
+        step("restart it; it takes its slice back and training goes on", _restart_shard, shard,
+             job)
         status = step("finish the job", job.wait, timeout=900)
         assert status.state == "done", status.message
         assert status.global_steps >= 60_000
@@ -153,6 +159,20 @@ def _restart_and_rejoin(container: str, job_id: str, timeout: float = 300) -> No
             return
         assert time.monotonic() < deadline, f"the restarted worker did not rejoin {job_id}"
         time.sleep(1.0)
+
+
+def _restart_shard(container: str, job, timeout: float = 300) -> None:
+    subprocess.run(["docker", "start", container], check=True, capture_output=True)
+    deadline = time.monotonic() + timeout
+    while "serving slice 1 of job" not in _logs(container).rsplit("parameter-server shard", 1)[-1]:
+        assert time.monotonic() < deadline, "the restarted shard did not take its slice back"
+        time.sleep(1.0)
+    _wait_for_steps(job, job.status().global_steps + 5000)
+
+
+def _logs(container: str) -> str:
+    done = subprocess.run(["docker", "logs", container], capture_output=True, text=True)
+    return done.stdout + done.stderr
 
 
 def _wait_for_steps(job, steps: int, timeout: float = 300) -> None:

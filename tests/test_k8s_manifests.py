@@ -27,11 +27,15 @@ TARGETS = ["base", "overlays/dev", "overlays/scaled"]
 # What each overlay is meant to run: the worker Deployment's replicas is the scale knob.
 WORKER_REPLICAS = {"base": 4, "overlays/dev": 2, "overlays/scaled": 16}
 # role (= component label = container name = `drlbox <role>`) -> the port it serves gRPC health on
-ROLE_PORTS = {"parameter-server": 50051, "worker": 50052, "replay": 50053, "evaluator": 50054}
+ROLE_PORTS = {"parameter-server": 50051, "worker": 50052, "replay": 50053, "evaluator": 50054,
+              "ps-shard": 50055}
 ROLE_KINDS = {"parameter-server": "StatefulSet", "worker": "Deployment",
-              "replay": "Deployment", "evaluator": "Deployment"}
+              "replay": "Deployment", "evaluator": "Deployment", "ps-shard": "Deployment"}
 ROLE_IMAGES = {"parameter-server": "drlbox/parameter-server", "worker": "drlbox/worker",
-               "replay": "drlbox/replay", "evaluator": "drlbox/worker"}
+               "replay": "drlbox/replay", "evaluator": "drlbox/worker",
+               "ps-shard": "drlbox/parameter-server"}
+# Parameter-server shards per overlay: DRLBOX_PS_SHARDS, with one ps-shard pod fewer.
+PS_SHARDS = {"base": 1, "overlays/dev": 1, "overlays/scaled": 2}
 UID = 10001
 
 
@@ -143,6 +147,16 @@ def test_worker_replicas_differ_per_overlay_as_intended():
     got = {t: find(render(t), "Deployment", "drlbox-worker")["spec"]["replicas"]
            for t in TARGETS}
     assert got == WORKER_REPLICAS
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_ps_shard_pods_are_one_fewer_than_the_shards_the_parameter_server_cuts(target):
+    docs = render(target)
+    ps = find(docs, "StatefulSet", "drlbox-parameter-server")
+    shards = int(env_of(docs, ps["spec"]["template"]["spec"]["containers"][0])[
+        "DRLBOX_PS_SHARDS"])
+    assert shards == PS_SHARDS[target]
+    assert find(docs, "Deployment", "drlbox-ps-shard")["spec"]["replicas"] == shards - 1
 
 
 def test_scaled_overlay_pins_image_tags_and_dev_uses_local_latest():

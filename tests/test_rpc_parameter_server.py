@@ -26,7 +26,8 @@ from drlbox.rpc import serde
 from drlbox.rpc.generated import parameter_server_pb2 as pb
 from drlbox.rpc.generated import parameter_server_pb2_grpc as pb_grpc
 from drlbox.rpc.parameter_client import ParameterClient, ShardPeer
-from drlbox.rpc.parameter_server import SingleJob, add_parameter_server
+from drlbox.roles.job_tables import SingleJob
+from drlbox.rpc.parameter_server import add_parameter_server
 from drlbox.rpc.server import PROTOCOL_KEY, make_channel, make_server
 from drlbox.rpc.sessions import EXCHANGE_METHOD
 
@@ -46,7 +47,7 @@ def wide_features(space):
     return inputs, keras.layers.Dense(1024, activation="relu")(hidden)
 
 
-def start(algorithm="a3c", shards=1, **kwargs):
+def start(algorithm="a3c", shards=1, resume_file=None, **kwargs):
     """A real parameter server on an ephemeral loopback port (and, with shards > 1, shard
     servers in this process), and a client for it."""
     kwargs.setdefault("train_steps", 10_000)
@@ -59,7 +60,8 @@ def start(algorithm="a3c", shards=1, **kwargs):
     env.close()
     job = Job.new(cfg)
     initial = WeightLayout(synced_weights(model)).flat([v.numpy() for v in model.weights])
-    ps = ParameterServer(job.job_id, cfg, model, shards=shards, connect=ShardPeer)
+    ps = ParameterServer(job.job_id, cfg, model, resume_file=resume_file, shards=shards,
+                         connect=ShardPeer)
     server, port = make_server(0, [add_parameter_server(SingleJob(job, ps))], max_workers=32)
     address = f"127.0.0.1:{port}"
     stop_shards = threading.Event()
@@ -525,3 +527,38 @@ def test_a_lost_shard_is_served_again_from_its_last_snapshot():
         assert update.weights[lo:hi].tobytes() == restored.weights.tobytes()
     finally:
         stop(setup)
+
+
+def test_a_resumed_job_restores_every_slice(tmp_path):
+    resume = str(tmp_path / "resume.npz")
+    setup = start("dqn", shards=2, resume_file=resume, save_dir=str(tmp_path),
+                  save_interval=10**9, sync_target_interval=2)
+    try:
+        first = setup.client.get_weights(-1, -1)
+        held = first.version
+        for seed in range(3):
+            _, update = setup.client.push_and_pull(small_gradient(first.weights.size, seed=seed),
+                                                   held, WorkerReport(env_steps=5), held, held)
+            held = update.version
+        setup.client.report_evaluation(15, [3.0])
+        setup.ps.save_now()
+        saved = [setup.ps.snapshot()] + setup.ps.slots.snapshot()
+    finally:
+        stop(setup)
+    # A new parameter server on the same files: every slice as it was, optimizer included.
+    resumed = ParameterServer("job", setup.cfg, setup.model, resume_file=resume, shards=2,
+                              connect=ShardPeer)
+    try:
+        states = [resumed.snapshot()] + resumed.slots.snapshot()
+        for before, after in zip(saved, states):
+            assert after.weights.tobytes() == before.weights.tobytes()
+            assert after.aux.tobytes() == before.aux.tobytes()
+            assert (after.version, after.aux_version, after.updates) == (
+                before.version, before.aux_version, before.updates) == (3, 2, 3)
+            for a, b in zip(after.optimizer, before.optimizer, strict=True):
+                assert a.tobytes() == b.tobytes()
+        status = resumed.status()
+        assert status.resumed_from_steps == status.global_steps == 15
+        assert [(e.global_steps, e.mean_return) for e in status.evaluations] == [(15, 3.0)]
+    finally:
+        resumed.slots.close()

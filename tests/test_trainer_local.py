@@ -117,6 +117,43 @@ def test_a_killed_worker_does_not_stop_the_run(port_base, tmp_path, capfd):
     assert "died" in capfd.readouterr().err
 
 
+class KillShardOnceAfter(gymnasium.Wrapper):
+    """After some steps, the first worker to claim the marker file SIGKILLs this run's
+    parameter-server shard process."""
+
+    def __init__(self, env, marker, steps, port_begin):
+        super().__init__(env)
+        self.marker, self.left, self.port_begin = marker, steps, port_begin
+
+    def step(self, action):
+        self.left -= 1
+        if self.left == 0:
+            try:
+                os.close(os.open(self.marker, os.O_CREAT | os.O_EXCL))
+            except FileExistsError:
+                return self.env.step(action)
+            for pid in role_pids(self.port_begin):
+                if b"ps-shard" in open(f"/proc/{pid}/cmdline", "rb").read():
+                    os.kill(pid, signal.SIGKILL)
+        return self.env.step(action)
+
+
+def test_a_killed_shard_is_replaced_and_the_run_finishes(port_base, tmp_path, capfd):
+    base, marker = port_base(), str(tmp_path / "killed")
+    result = make_trainer("a3c", env_maker=lambda: KillShardOnceAfter(cartpole(), marker, 600,
+                                                                      base),
+                          feature_maker=small_features, num_parallel=2, ps_shards=2,
+                          train_steps=4000, port_begin=base, save_dir=str(tmp_path),
+                          save_interval=500).run()
+    assert os.path.exists(marker)
+    assert result.state == "done" and result.global_steps >= 4000
+    assert result.failed_roles == []
+    assert "ps-shard-1 died" in capfd.readouterr().err
+    model = keras.models.load_model(str(tmp_path / "model_final.keras"), compile=False)
+    assert len(model.outputs) == 2
+    assert role_pids(base) == []
+
+
 def test_taken_port_is_a_clear_error(port_base):
     base = port_base()
     with socket.socket() as sock:

@@ -25,7 +25,8 @@ def serve_shards(ps_address: str, host: str, port: int, security: Any = None,
     from drlbox.launch.processes import PS_THREADS
     from drlbox.roles.param_shard import shard_from_settings
     from drlbox.rpc.parameter_client import ParameterClient
-    from drlbox.rpc.parameter_server import ShardTable, add_parameter_server
+    from drlbox.roles.job_tables import ShardTable
+    from drlbox.rpc.parameter_server import add_parameter_server
     from drlbox.rpc.server import make_server
 
     stop = stop or threading.Event()

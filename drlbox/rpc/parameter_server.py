@@ -2,8 +2,8 @@
 
 One servicer serves every process of a job's parameter server: the coordinator (slice 0, the
 job's counters, job discovery for workers and shard processes) and the shard processes (their
-slice, and its snapshots). The job table it is given says what runs here: `SingleJob` in a
-local run, `drlbox.roles.job_host.JobHost` in a cluster, `ShardTable` in a shard process.
+slice, and its snapshots). The job table it is given says what runs here (`SingleJob` in a
+local run, `JobHost` in a cluster, `ShardTable` in a shard process; see roles.job_tables).
 Exchange sessions read their frames in place (`serde.decode_frame`) rather than through
 protobuf, which would copy every slice twice.
 """
@@ -89,92 +89,6 @@ def peer_host(peer: str) -> str:
     kind, _, rest = peer.partition(":")
     host = rest.rsplit(":", 1)[0] if kind in ("ipv4", "ipv6") else "127.0.0.1"
     return host if not host.startswith("[") or host.endswith("]") else host + "]"
-
-
-class SingleJob:
-    """The job table of a local run: one job whose parameter server is always there."""
-
-    def __init__(self, job: Job, server):
-        self.job, self.server = job, server
-        self._workers = 0
-        self._lock = threading.Lock()
-
-    def current(self):
-        """The running job's parameter server, whether or not all its shards serve yet."""
-        return self.server if self.server.state == "running" else None
-
-    def running(self) -> tuple[Job, object] | None:
-        """(job, parameter server) of the running job once all its shards serve."""
-        return (self.job, self.server) if self.server.ready else None
-
-    def server_for(self, job_id: str):
-        """The parameter server of job_id while it runs here, else None."""
-        return self.server if job_id == self.job.job_id else None
-
-    def slice_for(self, job_id: str, index: int):
-        """What serves slice `index` of job_id in this process (slice 0: the server)."""
-        return self.server if index == 0 and job_id == self.job.job_id else None
-
-    def next_worker_index(self, job_id: str) -> int:
-        """A fresh index for a caller joining the job."""
-        with self._lock:
-            self._workers += 1
-            return self._workers - 1
-
-
-class ShardTable:
-    """The job table of a shard process: the one slice it serves, if any."""
-
-    def __init__(self):
-        self._served: tuple | None = None     # (job_id, index, _ServedSlice)
-        self._lock = threading.Lock()
-
-    def serve(self, job_id: str, index: int, shard: Any) -> None:
-        """Serve slice `index` of job_id with `shard` (a ParameterShard)."""
-        with self._lock:
-            self._served = (job_id, index, _ServedSlice(shard))
-
-    def clear(self) -> None:
-        """Serve nothing."""
-        with self._lock:
-            self._served = None
-
-    def current(self) -> None:
-        """A shard process runs no job of its own."""
-        return None
-
-    def running(self) -> None:
-        return None
-
-    def server_for(self, job_id: str) -> None:
-        return None
-
-    def slice_for(self, job_id: str, index: int):
-        """The served slice when it is slice `index` of job_id."""
-        with self._lock:
-            served = self._served
-        if served is not None and served[:2] == (job_id, index):
-            return served[2]
-        return None
-
-    def next_worker_index(self, job_id: str) -> int:
-        return 0
-
-
-class _ServedSlice:
-    """A shard process's slice, answering exchanges as the coordinator's slice 0 does."""
-
-    others: list = []
-
-    def __init__(self, shard: Any):
-        self.shard, self.size = shard, shard.size
-
-    def exchange(self, gradient, base_version, report, newer_than, aux_newer_than, pull):
-        reply = self.shard.exchange(gradient, base_version, newer_than, aux_newer_than, pull)
-        return PushResult(reply.version, 0, False), reply
-
-    def snapshot(self):
-        return self.shard.snapshot()
 
 
 class ParameterServerServicer(pb_grpc.ParameterServerServicer):

@@ -11,7 +11,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from drlbox.rpc.security import AUTH_KEY, Security, TokenInterceptor, refuse_call
 
-PROTOCOL_VERSION = "2"
+PROTOCOL_VERSION = "3"
 PROTOCOL_KEY = "drlbox-protocol"
 # Payloads travel in 1 MiB chunks; the limit only guards against abuse.
 MAX_MESSAGE_BYTES = 16 << 20

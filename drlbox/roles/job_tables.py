@@ -1,0 +1,100 @@
+"""Job tables: what a parameter-server process serves, as its gRPC servicer asks it.
+
+Every table answers `current()` (the running job's parameter server, shards or not),
+`running()` (job and server once every slice is served), `server_for(job_id)`,
+`slice_for(job_id, index)` (what serves that slice here) and `next_worker_index(job_id)`. The
+cluster's table is `drlbox.roles.job_host.JobHost`; here are a local run's and a shard's.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from drlbox.jobs import Job
+from drlbox.roles.interfaces import PushResult
+
+
+class SingleJob:
+    """The job table of a local run: one job whose parameter server is always there."""
+
+    def __init__(self, job: Job, server):
+        self.job, self.server = job, server
+        self._workers = 0
+        self._lock = threading.Lock()
+
+    def current(self):
+        """The running job's parameter server, whether or not all its shards serve yet."""
+        return self.server if self.server.state == "running" else None
+
+    def running(self) -> tuple[Job, object] | None:
+        """(job, parameter server) of the running job once all its shards serve."""
+        return (self.job, self.server) if self.server.ready else None
+
+    def server_for(self, job_id: str):
+        """The parameter server of job_id while it runs here, else None."""
+        return self.server if job_id == self.job.job_id else None
+
+    def slice_for(self, job_id: str, index: int):
+        """What serves slice `index` of job_id in this process (slice 0: the server)."""
+        return self.server if index == 0 and job_id == self.job.job_id else None
+
+    def next_worker_index(self, job_id: str) -> int:
+        """A fresh index for a caller joining the job."""
+        with self._lock:
+            self._workers += 1
+            return self._workers - 1
+
+
+class ShardTable:
+    """The job table of a shard process: the one slice it serves, if any."""
+
+    def __init__(self):
+        self._served: tuple | None = None     # (job_id, index, _ServedSlice)
+        self._lock = threading.Lock()
+
+    def serve(self, job_id: str, index: int, shard: Any) -> None:
+        """Serve slice `index` of job_id with `shard` (a ParameterShard)."""
+        with self._lock:
+            self._served = (job_id, index, _ServedSlice(shard))
+
+    def clear(self) -> None:
+        """Serve nothing."""
+        with self._lock:
+            self._served = None
+
+    def current(self) -> None:
+        """A shard process runs no job of its own."""
+        return None
+
+    def running(self) -> None:
+        return None
+
+    def server_for(self, job_id: str) -> None:
+        return None
+
+    def slice_for(self, job_id: str, index: int):
+        """The served slice when it is slice `index` of job_id."""
+        with self._lock:
+            served = self._served
+        if served is not None and served[:2] == (job_id, index):
+            return served[2]
+        return None
+
+    def next_worker_index(self, job_id: str) -> int:
+        return 0
+
+
+class _ServedSlice:
+    """A shard process's slice, answering exchanges as the coordinator's slice 0 does."""
+
+    others: list = []
+
+    def __init__(self, shard: Any):
+        self.shard, self.size = shard, shard.size
+
+    def exchange(self, gradient, base_version, report, newer_than, aux_newer_than, pull):
+        reply = self.shard.exchange(gradient, base_version, newer_than, aux_newer_than, pull)
+        return PushResult(reply.version, 0, False), reply
+
+    def snapshot(self):
+        return self.shard.snapshot()
