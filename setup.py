@@ -13,6 +13,7 @@ setup(
         "keras>=3",
         "gymnasium>=1.0",
         "numpy>=1.26",
+        "ml_dtypes>=0.3",         # bfloat16 for compress_gradients (TensorFlow needs it too)
         "grpcio>=1.60",
         "grpcio-health-checking>=1.60",
         "protobuf>=7.35.1,<8",

@@ -113,7 +113,8 @@ def cpu_seconds(pid: int) -> float:
 
 # --- simulated workers --------------------------------------------------------------------------
 def simulated_worker(address: str, job_id: str, index: int, rate: float | None,
-                     start_at: float, stop_at: float, shards: int, out: "mp.Queue") -> None:
+                     start_at: float, stop_at: float, shards: int, compress: bool,
+                     out: "mp.Queue") -> None:
     """Push real-size gradients and take weights back as a rollout worker does; no TF here."""
     from drlbox.launch.processes import keep_freed_memory
     from drlbox.roles.interfaces import WorkerReport
@@ -121,6 +122,7 @@ def simulated_worker(address: str, job_id: str, index: int, rate: float | None,
 
     keep_freed_memory()                 # as a worker process does
     params = ParameterClient(address, job_id, timeout=60.0)
+    params.compress_gradients = compress      # what fetch_job sets from the job
     first = params.get_weights(-1, -1)
     rng = np.random.default_rng(index)
     gradient = (rng.standard_normal(first.weights.shape) * 1e-4).astype(np.float32)
@@ -167,7 +169,7 @@ class Point:
 
 
 def measure(address: str, job_id: str, pids: list[int], workers: int, seconds: float,
-            rate: float | None, shards: int) -> Point:
+            rate: float | None, config) -> Point:
     """Run `workers` simulated workers; measure over the window after the warm-up."""
     from drlbox.rpc.parameter_client import ParameterClient
 
@@ -177,7 +179,8 @@ def measure(address: str, job_id: str, pids: list[int], workers: int, seconds: f
     start_at = time.time() + spawn_allowance + WARMUP_SECONDS
     stop_at = start_at + seconds
     procs = [ctx.Process(target=simulated_worker, daemon=True,
-                         args=(address, job_id, i, rate, start_at, stop_at, shards, out))
+                         args=(address, job_id, i, rate, start_at, stop_at, config.ps_shards,
+                               config.compress_gradients, out))
              for i in range(workers)]
     for proc in procs:
         proc.start()
@@ -212,7 +215,7 @@ def run_config(name: str, model: str, extra: dict, workers: list[int], seconds: 
     points = []
     try:
         for n in workers:
-            point = measure(address, run.job.job_id, pids, n, seconds, rate, config.ps_shards)
+            point = measure(address, run.job.job_id, pids, n, seconds, rate, config)
             point.config = name
             points.append(point)
             print(format_row(point), flush=True)
@@ -269,11 +272,11 @@ def plot(points: list[Point], path: str) -> bool:
     return True
 
 
-OPTIONS = {"shards": "ps_shards", "staleness": "max_staleness"}
+OPTIONS = {"shards": "ps_shards", "staleness": "max_staleness", "half": "compress_gradients"}
 
 
 def parse_configs(text: str) -> list[tuple[str, str, dict]]:
-    """'mlp,cnn,cnn:shards=2:staleness=8' -> [(name, model, extra job settings)]."""
+    """'mlp,cnn,cnn:shards=2:staleness=8:half=1' -> [(name, model, extra job settings)]."""
     configs = []
     for item in text.split(","):
         model, *options = item.split(":")
@@ -284,7 +287,7 @@ def parse_configs(text: str) -> list[tuple[str, str, dict]]:
             key, _, value = option.partition("=")
             if key not in OPTIONS:
                 raise SystemExit(f"unknown option {key!r} in {item!r}; use {sorted(OPTIONS)}")
-            extra[OPTIONS[key]] = int(value)
+            extra[OPTIONS[key]] = bool(int(value)) if key == "half" else int(value)
         configs.append((item, model, extra))
     return configs
 
@@ -293,8 +296,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", default="mlp,cnn,cnn:staleness=16,cnn:shards=2:staleness=16",
-                        help="MODEL[:shards=K][:staleness=S], comma-separated; models: "
-                             "mlp, cnn")
+                        help="MODEL[:shards=K][:staleness=S][:half=1], comma-separated; "
+                             "models: mlp, cnn; half=1 pushes float16 gradients")
     parser.add_argument("--workers", default="1,2,4,8,16,32")
     parser.add_argument("--seconds", type=float, default=6.0, help="measured seconds per point")
     parser.add_argument("--rate", type=float, default=None,

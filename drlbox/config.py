@@ -86,6 +86,7 @@ class TrainerConfig(SharedConfig):
     target_return: float | None = None
     ps_shards: int = 1
     max_staleness: int = 0
+    compress_gradients: bool = False
 
     @property
     def uses_replay(self) -> bool:
@@ -204,7 +205,8 @@ def _check_trainer(cfg: TrainerConfig) -> None:
           cfg.port_begin, "an integer port between 1024 and 65000")
     _need(_is_number(cfg.discount) and 0.0 <= cfg.discount <= 1.0, "discount", cfg.discount,
           "a number in [0, 1]")
-    for name in ("online_learning", "catch_signal", "dqn_double", "dqn_dueling"):
+    for name in ("online_learning", "catch_signal", "dqn_double", "dqn_dueling",
+                 "compress_gradients"):
         _need(isinstance(getattr(cfg, name), bool), name, getattr(cfg, name), "True or False")
     _need(cfg.replay_type in REPLAY_TYPES, "replay_type", cfg.replay_type,
           f"one of {REPLAY_TYPES}")

@@ -15,6 +15,7 @@ from drlbox.roles.interfaces import ShardState
 from drlbox.roles.param_shard import (GradientError, ParameterShard, make_optimizer,
                                       shard_from_settings, wants_weights)
 from drlbox.roles.param_server import shard_settings
+from drlbox.rpc import serde
 
 LR, BETA_1, BETA_2, EPS = 1e-2, 0.9, 0.999, 1e-4
 
@@ -126,18 +127,41 @@ def test_weights_that_are_not_trained_never_move():
 
 def test_a_slice_above_the_clip_norm_is_scaled_to_it_and_bad_ones_are_refused():
     layout = layout_of((10,))
-    shard = make_shard(layout, 0, 10, clip_norm=0.5)
-    big = np.full(10, 3.0, np.float32)
-    np.testing.assert_allclose(np.linalg.norm(shard.check(big)), 0.5, rtol=1e-6)
-    small = np.full(10, 0.01, np.float32)
-    assert shard.check(small) is small
+    clipped, pushed = make_shard(layout, 0, 10, clip_norm=0.5), make_shard(layout, 0, 10)
+    big = np.arange(1, 11, dtype=np.float32)
+    clipped.exchange(big, -1, -1)
+    pushed.exchange(big * np.float32(0.5 / np.linalg.norm(big)), -1, -1)
+    np.testing.assert_allclose(clipped.weights(), pushed.weights(), rtol=0, atol=1e-7)
+    before = clipped.weights().copy()
     for bad, match in [(np.full(9, 0.1, np.float32), "takes 10 float32"),
                        (np.full(10, 0.1, np.float64), "takes 10 float32"),
                        (np.full(10, 1e20, np.float32), "NaN or infinite"),
                        (np.array([np.nan] + [0.0] * 9, np.float32), "NaN or infinite")]:
         with pytest.raises(GradientError, match=match):
-            shard.exchange(bad, -1, -1)
-    assert shard.version == 0
+            clipped.exchange(bad, -1, -1)
+    assert clipped.version == 1
+    assert clipped.weights().tobytes() == before.tobytes()
+
+
+def test_bfloat16_pushes_keep_float32_range_and_about_three_digits():
+    rng = np.random.default_rng(3)
+    values = (rng.standard_normal(10_000) * 1e-3).astype(np.float32)
+    values[:3] = [2.5e30, -7e-30, 1e-38]              # float16 could hold none of these
+    compressed = serde.to_bfloat16(values)
+    assert compressed.dtype.name == "bfloat16" and compressed.nbytes == values.nbytes // 2
+    back = compressed.astype(np.float32)
+    np.testing.assert_allclose(back, values, rtol=2 ** -8, atol=0)
+    # A shard fed the bfloat16 slice moves as with the float32 one, to about 3 digits.
+    layout = layout_of((100, 100))
+    small = values.copy()
+    small[:3] = 1e-3
+    exact, pushed = make_shard(layout, 0, 10_000), make_shard(layout, 0, 10_000)
+    exact.exchange(small, -1, -1)
+    pushed.exchange(serde.to_bfloat16(small), -1, -1)
+    np.testing.assert_allclose(pushed.weights(), exact.weights(), rtol=0, atol=1e-5)
+    with pytest.raises(GradientError, match="takes 10000 float32 .or bfloat16"):
+        pushed.exchange(small.astype(np.float16), -1, -1)
+    assert pushed.version == 1
 
 
 def test_aux_rules_follow_the_algorithms():

@@ -249,6 +249,34 @@ def test_frames_of_any_size_carry_a_model_bigger_than_one_frame():
         stop(setup)
 
 
+def test_compressed_gradients_travel_as_half_the_bytes_and_apply_alike():
+    setup, twin = start("a3c", compress_gradients=True), start("a3c")
+    try:
+        fresh = ParameterClient(setup.address, timeout=TIMEOUT)
+        fresh.fetch_job()
+        assert fresh.compress_gradients and not twin.client.compress_gradients
+        gradient = small_gradient(setup.ps.size)
+        headers = []
+        original = fresh._encode
+        fresh._encode = lambda piece, header: headers.append(header) or original(piece, header)
+        fresh.push_and_pull(gradient, -1, WorkerReport(env_steps=1), -1)
+        twin.client.push_and_pull(gradient, -1, WorkerReport(env_steps=1), -1)
+        assert headers[0].gradient_bfloat16
+        np.testing.assert_allclose(setup.ps.shard0.weights(), twin.ps.shard0.weights(),
+                                   rtol=0, atol=1e-6)
+        fresh.close()
+        # bfloat16 data announced as float32 is half what the header promises: refused.
+        half = serde.to_bfloat16(gradient).view(np.uint16)
+        header = pb.RequestHeader(job_id=setup.job.job_id, newer_than=-1,
+                                  gradient_values=setup.ps.size)
+        frames = serde.data_frames(header.SerializeToString(), memoryview(half).cast("B"))
+        err = rpc_error(lambda: raw_exchange(setup.address, frames))
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    finally:
+        stop(setup)
+        stop(twin)
+
+
 # --- staleness -----------------------------------------------------------------------------
 
 def test_max_staleness_sends_weights_only_once_the_caller_lags_beyond_it():

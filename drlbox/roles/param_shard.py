@@ -128,32 +128,32 @@ class ParameterShard:
             self._weights = (self.version, self._read().numpy())
         return self._weights[1]
 
-    def check(self, gradient: np.ndarray) -> np.ndarray:
-        """The slice clipped to clip_norm; GradientError when it does not fit or is not finite."""
-        if gradient.dtype != np.float32 or gradient.shape != (self.size,):
-            raise GradientError(f"this shard takes {self.size} float32 gradient values, got "
-                                f"{gradient.size} {gradient.dtype}")
-        with np.errstate(over="ignore"):
-            squared = float(np.dot(gradient, gradient))
+    def _load(self, gradient: np.ndarray) -> None:
+        """Put a pushed slice (float32, or bfloat16 from compress_gradients) into the gradient
+        buffer as float32, clipped to clip_norm. GradientError when it does not fit or is not
+        finite; the weights are untouched either way. Callers hold the lock."""
+        if gradient.dtype.name not in ("float32", "bfloat16") or gradient.shape != (self.size,):
+            raise GradientError(f"this shard takes {self.size} float32 (or bfloat16) gradient "
+                                f"values, got {gradient.size} {gradient.dtype}")
+        np.copyto(self._gradient, gradient)
+        with np.errstate(over="ignore", invalid="ignore"):
+            squared = float(np.dot(self._gradient, self._gradient))
         if not np.isfinite(squared):
             raise GradientError("the gradient has NaN or infinite values (or overflows float32)")
         norm = np.sqrt(squared)
         if norm > self.clip_norm:
-            gradient = gradient * np.float32(self.clip_norm / norm)
-        return gradient
+            self._gradient *= np.float32(self.clip_norm / norm)
+        for start, stop in self._frozen:
+            self._gradient[start:stop] = 0.0
 
     def exchange(self, gradient: np.ndarray | None, base_version: int, newer_than: int,
                  aux_newer_than: int = -1, pull: bool = False) -> ShardReply:
         """Apply a gradient slice (if any); the weights go back when `wants_weights` (any
         change for a plain `pull`), the aux slice with them when the caller lacks it."""
-        if gradient is not None:
-            gradient = self.check(gradient)
         with self._lock:
             staleness = None
             if gradient is not None:
-                np.copyto(self._gradient, gradient)
-                for start, stop in self._frozen:
-                    self._gradient[start:stop] = 0.0
+                self._load(gradient)
                 self._apply(as_tensor(self._gradient))
                 self.version += 1
                 self.updates += 1

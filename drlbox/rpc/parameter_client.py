@@ -77,6 +77,8 @@ class ParameterClient:
         self.channel = make_channel(address, security)
         self.stub = pb_grpc.ParameterServerStub(self.channel)
         self.worker_index = 0
+        # Gradients as bfloat16 (half the bytes) instead of float32: compress_gradients.
+        self.compress_gradients = False
         self._shards: list[Shard] = []
         self._versions, self._aux_versions = _Versions(), _Versions()
         self._flat: np.ndarray | None = None       # the last weights put together
@@ -90,6 +92,8 @@ class ParameterClient:
                                        timeout=self.timeout))
         self.job_id = chunks[0].job_id
         self.worker_index = chunks[0].worker_index
+        self.compress_gradients = bool(json.loads(chunks[0].config_json).get(
+            "compress_gradients", False))
         self._use_shards(chunks[0].shards)
         return Job.decode(self.job_id, serde.join_chunks(c.makers for c in chunks))
 
@@ -164,7 +168,8 @@ class ParameterClient:
             for k, shard in enumerate(self._shards)]
         if report is not None:
             headers[0].report.CopyFrom(report_to_proto(report))
-        slices = [None if gradient is None else gradient[s.start:s.stop] for s in self._shards]
+        slices = [None if gradient is None else self._encode(gradient[s.start:s.stop], header)
+                  for s, header in zip(self._shards, headers)]
         replies = self._round_trip(headers, slices)
         first = replies[0].header.push
         result = PushResult(self._versions.name([r.header.push.version for r in replies]),
@@ -173,11 +178,18 @@ class ParameterClient:
             return result, None
         return result, self._put_together(replies)
 
+    def _encode(self, piece: np.ndarray, header: pb.RequestHeader) -> memoryview:
+        """A gradient slice's bytes: float32, or bfloat16 (flagged in the header)."""
+        if not self.compress_gradients:
+            return serde.float_bytes(piece)
+        header.gradient_bfloat16 = True
+        return memoryview(serde.to_bfloat16(piece).view(np.uint16)).cast("B")
+
     def _round_trip(self, headers: list, slices: list) -> list[Reply]:
         """Send to every shard, then read every answer; a shard that fails is looked up again
         (it may have moved) and asked once more."""
-        for shard, header, piece in zip(self._shards, headers, slices):
-            shard.session.send(header, serde.float_bytes(piece) if piece is not None else b"")
+        for shard, header, data in zip(self._shards, headers, slices):
+            shard.session.send(header, data if data is not None else b"")
         replies = []
         for k, shard in enumerate(self._shards):
             try:
@@ -188,12 +200,12 @@ class ParameterClient:
                 replies.append(self._retry(k, headers[k], slices[k]))
         return replies
 
-    def _retry(self, k: int, header: pb.RequestHeader, piece: np.ndarray | None) -> Reply:
+    def _retry(self, k: int, header: pb.RequestHeader, data: memoryview | None) -> Reply:
         """Ask shard k again: the coordinator once (its channel waits for it to come back), a
         shard process until the slice is served again (it may have moved) or time is up."""
         deadline = time.monotonic() + self.timeout
         header.newer_than = header.aux_newer_than = -1     # the slice may have been restored
-        data = serde.float_bytes(piece) if piece is not None else b""
+        data = data if data is not None else b""
         while True:
             if k > 0:
                 self._await_shards(deadline)

@@ -188,7 +188,8 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                           f"gradient_values is {count}; slice {header.shard} of job "
                           f"{header.job_id!r} has {size} weights")
-        reader = serde.ValueReader(count)
+        reader = serde.ValueReader(count, serde.bfloat16() if header.gradient_bfloat16
+                                   else serde.FLOAT32)
         try:
             reader.add(data)
             while not reader.done:

@@ -218,30 +218,43 @@ def float_bytes(*arrays: np.ndarray | None) -> memoryview:
     return memoryview(np.concatenate(present) if present else np.zeros(0, FLOAT32)).cast("B")
 
 
-class ValueReader:
-    """Collects `count` float32 values arriving as data pieces; no copy for a single piece."""
+def bfloat16() -> np.dtype:
+    """NumPy's bfloat16 (from ml_dtypes, which TensorFlow installs; imported on first use)."""
+    import ml_dtypes
 
-    def __init__(self, count: int):
-        self.count, self._pieces, self._bytes = count, [], 0
+    return np.dtype(ml_dtypes.bfloat16)
+
+
+def to_bfloat16(values: np.ndarray) -> np.ndarray:
+    """float32 values rounded to bfloat16: float32's range, 8 significant bits, half the bytes."""
+    return values.astype(bfloat16())
+
+
+class ValueReader:
+    """Collects `count` values of `dtype` arriving as data pieces; no copy for a single piece."""
+
+    def __init__(self, count: int, dtype: np.dtype = FLOAT32):
+        self.count, self.dtype, self._pieces, self._bytes = count, np.dtype(dtype), [], 0
 
     def add(self, piece: memoryview) -> None:
         """Take the next piece; ValueError if it runs past `count` values."""
         self._bytes += len(piece)
-        if self._bytes > self.count * FLOAT32.itemsize:
-            raise ValueError(f"more data than the {self.count} float32 values announced")
+        if self._bytes > self.count * self.dtype.itemsize:
+            raise ValueError(f"more data than the {self.count} {self.dtype.name} values "
+                             f"announced")
         if len(piece):
             self._pieces.append(piece)
 
     @property
     def done(self) -> bool:
         """Whether every value has arrived."""
-        return self._bytes == self.count * FLOAT32.itemsize
+        return self._bytes == self.count * self.dtype.itemsize
 
     def values(self) -> np.ndarray:
-        """The values as one read-only float32 vector."""
+        """The values as one read-only vector."""
         if len(self._pieces) == 1:
-            return np.frombuffer(self._pieces[0], FLOAT32)
-        out = np.empty(self.count, FLOAT32)
+            return np.frombuffer(self._pieces[0], self.dtype)
+        out = np.empty(self.count, self.dtype)
         buffer, pos = memoryview(out).cast("B"), 0
         for piece in self._pieces:
             buffer[pos:pos + len(piece)] = piece

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from drlbox.rpc.generated import tensor_pb2 as drlbox_dot_v1_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n drlbox/v1/parameter_server.proto\x12\tdrlbox.v1\x1a\x16\x64rlbox/v1/tensor.proto\"$\n\nJobRequest\x12\x16\n\x0epython_version\x18\x01 \x01(\t\"9\n\tShardInfo\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\r\n\x05start\x18\x02 \x01(\x03\x12\x0c\n\x04stop\x18\x03 \x01(\x03\"{\n\x08JobChunk\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63onfig_json\x18\x02 \x01(\t\x12\x0e\n\x06makers\x18\x03 \x01(\x0c\x12\x14\n\x0cworker_index\x18\x04 \x01(\x05\x12$\n\x06shards\x18\x05 \x03(\x0b\x32\x14.drlbox.v1.ShardInfo\"\x1f\n\rShardsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"B\n\x08ShardMap\x12$\n\x06shards\x18\x01 \x03(\x0b\x32\x14.drlbox.v1.ShardInfo\x12\x10\n\x08\x63omplete\x18\x02 \x01(\x08\"\xc4\x01\n\x0cWorkerReport\x12\x0e\n\x06worker\x18\x01 \x01(\x05\x12\x11\n\tenv_steps\x18\x02 \x01(\x03\x12\x17\n\x0f\x65pisode_returns\x18\x03 \x03(\x02\x12\x17\n\x0f\x65pisode_lengths\x18\x04 \x03(\x03\x12\x31\n\x05stats\x18\x05 \x03(\x0b\x32\".drlbox.v1.WorkerReport.StatsEntry\x1a,\n\nStatsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\"@\n\tPushReply\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x14\n\x0cglobal_steps\x18\x02 \x01(\x03\x12\x0c\n\x04stop\x18\x03 \x01(\x08\"\xc0\x01\n\rRequestHeader\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05shard\x18\x02 \x01(\x05\x12\x14\n\x0c\x62\x61se_version\x18\x03 \x01(\x03\x12\'\n\x06report\x18\x04 \x01(\x0b\x32\x17.drlbox.v1.WorkerReport\x12\x12\n\nnewer_than\x18\x05 \x01(\x03\x12\x16\n\x0e\x61ux_newer_than\x18\x06 \x01(\x03\x12\x0c\n\x04pull\x18\x07 \x01(\x08\x12\x17\n\x0fgradient_values\x18\x08 \x01(\x03\"V\n\x0f\x45xchangeRequest\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.drlbox.v1.RequestHeader\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0b\n\x03pad\x18\x03 \x01(\x0c\"\xa9\x01\n\x0bReplyHeader\x12\"\n\x04push\x18\x01 \x01(\x0b\x32\x14.drlbox.v1.PushReply\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x13\n\x0b\x61ux_version\x18\x03 \x01(\x03\x12\x15\n\rweight_values\x18\x04 \x01(\x03\x12\x12\n\naux_values\x18\x05 \x01(\x03\x12%\n\x06others\x18\x06 \x01(\x0b\x32\x15.drlbox.v1.TensorList\"R\n\rExchangeReply\x12&\n\x06header\x18\x01 \x01(\x0b\x32\x16.drlbox.v1.ReplyHeader\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0b\n\x03pad\x18\x03 \x01(\x0c\"1\n\x10JoinShardRequest\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\x05\"a\n\nStateChunk\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05shard\x18\x02 \x01(\x05\x12\x15\n\rsettings_json\x18\x03 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x04 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\"C\n\x11ShardReadyRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05shard\x18\x02 \x01(\x05\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\"#\n\x0fShardReadyReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\"0\n\x0fSnapshotRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05shard\x18\x02 \x01(\x05\"I\n\x10\x45valuationReport\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x14\n\x0cglobal_steps\x18\x02 \x01(\x03\x12\x0f\n\x07returns\x18\x03 \x03(\x02\"\x1f\n\rStatusRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"-\n\x0bStopRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"_\n\nEvaluation\x12\x14\n\x0cglobal_steps\x18\x01 \x01(\x03\x12\x13\n\x0bmean_return\x18\x02 \x01(\x02\x12\x10\n\x08\x65pisodes\x18\x03 \x01(\x05\x12\x14\n\x0cwall_seconds\x18\x04 \x01(\x01\"G\n\nCheckpoint\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x14\n\x0cglobal_steps\x18\x02 \x01(\x03\x12\x15\n\rtrain_seconds\x18\x03 \x01(\x01\"\x8a\x04\n\tJobStatus\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x14\n\x0cglobal_steps\x18\x04 \x01(\x03\x12\x13\n\x0btrain_steps\x18\x05 \x01(\x03\x12\x0f\n\x07updates\x18\x06 \x01(\x03\x12\x0f\n\x07version\x18\x07 \x01(\x03\x12\x10\n\x08\x65pisodes\x18\x08 \x01(\x03\x12\x15\n\rrecent_return\x18\t \x01(\x02\x12\x15\n\rsteps_per_sec\x18\n \x01(\x02\x12\x14\n\x0cwall_seconds\x18\x0b \x01(\x01\x12*\n\x0b\x65valuations\x18\x0c \x03(\x0b\x32\x15.drlbox.v1.Evaluation\x12*\n\x0b\x63heckpoints\x18\r \x03(\x0b\x32\x15.drlbox.v1.Checkpoint\x12.\n\x05stats\x18\x0e \x03(\x0b\x32\x1f.drlbox.v1.JobStatus.StatsEntry\x12\x15\n\rtrain_seconds\x18\x0f \x01(\x01\x12\x16\n\x0erecent_returns\x18\x10 \x03(\x02\x12\x1a\n\x12resumed_from_steps\x18\x11 \x01(\x03\x12\x16\n\x0equeue_position\x18\x12 \x01(\x05\x12\x11\n\talgorithm\x18\x13 \x01(\t\x1a,\n\nStatsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\x32\xd1\x04\n\x0fParameterServer\x12\x36\n\x06GetJob\x12\x15.drlbox.v1.JobRequest\x1a\x13.drlbox.v1.JobChunk0\x01\x12\x44\n\x08\x45xchange\x12\x1a.drlbox.v1.ExchangeRequest\x1a\x18.drlbox.v1.ExchangeReply(\x01\x30\x01\x12:\n\tGetShards\x12\x18.drlbox.v1.ShardsRequest\x1a\x13.drlbox.v1.ShardMap\x12\x45\n\x10ReportEvaluation\x12\x1b.drlbox.v1.EvaluationReport\x1a\x14.drlbox.v1.PushReply\x12;\n\tGetStatus\x12\x18.drlbox.v1.StatusRequest\x1a\x14.drlbox.v1.JobStatus\x12\x34\n\x04Stop\x12\x16.drlbox.v1.StopRequest\x1a\x14.drlbox.v1.JobStatus\x12\x41\n\tJoinShard\x12\x1b.drlbox.v1.JoinShardRequest\x1a\x15.drlbox.v1.StateChunk0\x01\x12\x46\n\nShardReady\x12\x1c.drlbox.v1.ShardReadyRequest\x1a\x1a.drlbox.v1.ShardReadyReply\x12?\n\x08Snapshot\x12\x1a.drlbox.v1.SnapshotRequest\x1a\x15.drlbox.v1.StateChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n drlbox/v1/parameter_server.proto\x12\tdrlbox.v1\x1a\x16\x64rlbox/v1/tensor.proto\"$\n\nJobRequest\x12\x16\n\x0epython_version\x18\x01 \x01(\t\"9\n\tShardInfo\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\r\n\x05start\x18\x02 \x01(\x03\x12\x0c\n\x04stop\x18\x03 \x01(\x03\"{\n\x08JobChunk\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63onfig_json\x18\x02 \x01(\t\x12\x0e\n\x06makers\x18\x03 \x01(\x0c\x12\x14\n\x0cworker_index\x18\x04 \x01(\x05\x12$\n\x06shards\x18\x05 \x03(\x0b\x32\x14.drlbox.v1.ShardInfo\"\x1f\n\rShardsRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"B\n\x08ShardMap\x12$\n\x06shards\x18\x01 \x03(\x0b\x32\x14.drlbox.v1.ShardInfo\x12\x10\n\x08\x63omplete\x18\x02 \x01(\x08\"\xc4\x01\n\x0cWorkerReport\x12\x0e\n\x06worker\x18\x01 \x01(\x05\x12\x11\n\tenv_steps\x18\x02 \x01(\x03\x12\x17\n\x0f\x65pisode_returns\x18\x03 \x03(\x02\x12\x17\n\x0f\x65pisode_lengths\x18\x04 \x03(\x03\x12\x31\n\x05stats\x18\x05 \x03(\x0b\x32\".drlbox.v1.WorkerReport.StatsEntry\x1a,\n\nStatsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\"@\n\tPushReply\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x14\n\x0cglobal_steps\x18\x02 \x01(\x03\x12\x0c\n\x04stop\x18\x03 \x01(\x08\"\xdb\x01\n\rRequestHeader\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05shard\x18\x02 \x01(\x05\x12\x14\n\x0c\x62\x61se_version\x18\x03 \x01(\x03\x12\'\n\x06report\x18\x04 \x01(\x0b\x32\x17.drlbox.v1.WorkerReport\x12\x12\n\nnewer_than\x18\x05 \x01(\x03\x12\x16\n\x0e\x61ux_newer_than\x18\x06 \x01(\x03\x12\x0c\n\x04pull\x18\x07 \x01(\x08\x12\x17\n\x0fgradient_values\x18\x08 \x01(\x03\x12\x19\n\x11gradient_bfloat16\x18\t \x01(\x08\"V\n\x0f\x45xchangeRequest\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x18.drlbox.v1.RequestHeader\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0b\n\x03pad\x18\x03 \x01(\x0c\"\xa9\x01\n\x0bReplyHeader\x12\"\n\x04push\x18\x01 \x01(\x0b\x32\x14.drlbox.v1.PushReply\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x13\n\x0b\x61ux_version\x18\x03 \x01(\x03\x12\x15\n\rweight_values\x18\x04 \x01(\x03\x12\x12\n\naux_values\x18\x05 \x01(\x03\x12%\n\x06others\x18\x06 \x01(\x0b\x32\x15.drlbox.v1.TensorList\"R\n\rExchangeReply\x12&\n\x06header\x18\x01 \x01(\x0b\x32\x16.drlbox.v1.ReplyHeader\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0b\n\x03pad\x18\x03 \x01(\x0c\"1\n\x10JoinShardRequest\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\x05\"a\n\nStateChunk\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05shard\x18\x02 \x01(\x05\x12\x15\n\rsettings_json\x18\x03 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x04 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\"C\n\x11ShardReadyRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05shard\x18\x02 \x01(\x05\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\"#\n\x0fShardReadyReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\"0\n\x0fSnapshotRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05shard\x18\x02 \x01(\x05\"I\n\x10\x45valuationReport\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x14\n\x0cglobal_steps\x18\x02 \x01(\x03\x12\x0f\n\x07returns\x18\x03 \x03(\x02\"\x1f\n\rStatusRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"-\n\x0bStopRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"_\n\nEvaluation\x12\x14\n\x0cglobal_steps\x18\x01 \x01(\x03\x12\x13\n\x0bmean_return\x18\x02 \x01(\x02\x12\x10\n\x08\x65pisodes\x18\x03 \x01(\x05\x12\x14\n\x0cwall_seconds\x18\x04 \x01(\x01\"G\n\nCheckpoint\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x14\n\x0cglobal_steps\x18\x02 \x01(\x03\x12\x15\n\rtrain_seconds\x18\x03 \x01(\x01\"\x8a\x04\n\tJobStatus\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x14\n\x0cglobal_steps\x18\x04 \x01(\x03\x12\x13\n\x0btrain_steps\x18\x05 \x01(\x03\x12\x0f\n\x07updates\x18\x06 \x01(\x03\x12\x0f\n\x07version\x18\x07 \x01(\x03\x12\x10\n\x08\x65pisodes\x18\x08 \x01(\x03\x12\x15\n\rrecent_return\x18\t \x01(\x02\x12\x15\n\rsteps_per_sec\x18\n \x01(\x02\x12\x14\n\x0cwall_seconds\x18\x0b \x01(\x01\x12*\n\x0b\x65valuations\x18\x0c \x03(\x0b\x32\x15.drlbox.v1.Evaluation\x12*\n\x0b\x63heckpoints\x18\r \x03(\x0b\x32\x15.drlbox.v1.Checkpoint\x12.\n\x05stats\x18\x0e \x03(\x0b\x32\x1f.drlbox.v1.JobStatus.StatsEntry\x12\x15\n\rtrain_seconds\x18\x0f \x01(\x01\x12\x16\n\x0erecent_returns\x18\x10 \x03(\x02\x12\x1a\n\x12resumed_from_steps\x18\x11 \x01(\x03\x12\x16\n\x0equeue_position\x18\x12 \x01(\x05\x12\x11\n\talgorithm\x18\x13 \x01(\t\x1a,\n\nStatsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\x32\xd1\x04\n\x0fParameterServer\x12\x36\n\x06GetJob\x12\x15.drlbox.v1.JobRequest\x1a\x13.drlbox.v1.JobChunk0\x01\x12\x44\n\x08\x45xchange\x12\x1a.drlbox.v1.ExchangeRequest\x1a\x18.drlbox.v1.ExchangeReply(\x01\x30\x01\x12:\n\tGetShards\x12\x18.drlbox.v1.ShardsRequest\x1a\x13.drlbox.v1.ShardMap\x12\x45\n\x10ReportEvaluation\x12\x1b.drlbox.v1.EvaluationReport\x1a\x14.drlbox.v1.PushReply\x12;\n\tGetStatus\x12\x18.drlbox.v1.StatusRequest\x1a\x14.drlbox.v1.JobStatus\x12\x34\n\x04Stop\x12\x16.drlbox.v1.StopRequest\x1a\x14.drlbox.v1.JobStatus\x12\x41\n\tJoinShard\x12\x1b.drlbox.v1.JoinShardRequest\x1a\x15.drlbox.v1.StateChunk0\x01\x12\x46\n\nShardReady\x12\x1c.drlbox.v1.ShardReadyRequest\x1a\x1a.drlbox.v1.ShardReadyReply\x12?\n\x08Snapshot\x12\x1a.drlbox.v1.SnapshotRequest\x1a\x15.drlbox.v1.StateChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -53,37 +53,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PUSHREPLY']._serialized_start=593
   _globals['_PUSHREPLY']._serialized_end=657
   _globals['_REQUESTHEADER']._serialized_start=660
-  _globals['_REQUESTHEADER']._serialized_end=852
-  _globals['_EXCHANGEREQUEST']._serialized_start=854
-  _globals['_EXCHANGEREQUEST']._serialized_end=940
-  _globals['_REPLYHEADER']._serialized_start=943
-  _globals['_REPLYHEADER']._serialized_end=1112
-  _globals['_EXCHANGEREPLY']._serialized_start=1114
-  _globals['_EXCHANGEREPLY']._serialized_end=1196
-  _globals['_JOINSHARDREQUEST']._serialized_start=1198
-  _globals['_JOINSHARDREQUEST']._serialized_end=1247
-  _globals['_STATECHUNK']._serialized_start=1249
-  _globals['_STATECHUNK']._serialized_end=1346
-  _globals['_SHARDREADYREQUEST']._serialized_start=1348
-  _globals['_SHARDREADYREQUEST']._serialized_end=1415
-  _globals['_SHARDREADYREPLY']._serialized_start=1417
-  _globals['_SHARDREADYREPLY']._serialized_end=1452
-  _globals['_SNAPSHOTREQUEST']._serialized_start=1454
-  _globals['_SNAPSHOTREQUEST']._serialized_end=1502
-  _globals['_EVALUATIONREPORT']._serialized_start=1504
-  _globals['_EVALUATIONREPORT']._serialized_end=1577
-  _globals['_STATUSREQUEST']._serialized_start=1579
-  _globals['_STATUSREQUEST']._serialized_end=1610
-  _globals['_STOPREQUEST']._serialized_start=1612
-  _globals['_STOPREQUEST']._serialized_end=1657
-  _globals['_EVALUATION']._serialized_start=1659
-  _globals['_EVALUATION']._serialized_end=1754
-  _globals['_CHECKPOINT']._serialized_start=1756
-  _globals['_CHECKPOINT']._serialized_end=1827
-  _globals['_JOBSTATUS']._serialized_start=1830
-  _globals['_JOBSTATUS']._serialized_end=2352
+  _globals['_REQUESTHEADER']._serialized_end=879
+  _globals['_EXCHANGEREQUEST']._serialized_start=881
+  _globals['_EXCHANGEREQUEST']._serialized_end=967
+  _globals['_REPLYHEADER']._serialized_start=970
+  _globals['_REPLYHEADER']._serialized_end=1139
+  _globals['_EXCHANGEREPLY']._serialized_start=1141
+  _globals['_EXCHANGEREPLY']._serialized_end=1223
+  _globals['_JOINSHARDREQUEST']._serialized_start=1225
+  _globals['_JOINSHARDREQUEST']._serialized_end=1274
+  _globals['_STATECHUNK']._serialized_start=1276
+  _globals['_STATECHUNK']._serialized_end=1373
+  _globals['_SHARDREADYREQUEST']._serialized_start=1375
+  _globals['_SHARDREADYREQUEST']._serialized_end=1442
+  _globals['_SHARDREADYREPLY']._serialized_start=1444
+  _globals['_SHARDREADYREPLY']._serialized_end=1479
+  _globals['_SNAPSHOTREQUEST']._serialized_start=1481
+  _globals['_SNAPSHOTREQUEST']._serialized_end=1529
+  _globals['_EVALUATIONREPORT']._serialized_start=1531
+  _globals['_EVALUATIONREPORT']._serialized_end=1604
+  _globals['_STATUSREQUEST']._serialized_start=1606
+  _globals['_STATUSREQUEST']._serialized_end=1637
+  _globals['_STOPREQUEST']._serialized_start=1639
+  _globals['_STOPREQUEST']._serialized_end=1684
+  _globals['_EVALUATION']._serialized_start=1686
+  _globals['_EVALUATION']._serialized_end=1781
+  _globals['_CHECKPOINT']._serialized_start=1783
+  _globals['_CHECKPOINT']._serialized_end=1854
+  _globals['_JOBSTATUS']._serialized_start=1857
+  _globals['_JOBSTATUS']._serialized_end=2379
   _globals['_JOBSTATUS_STATSENTRY']._serialized_start=547
   _globals['_JOBSTATUS_STATSENTRY']._serialized_end=591
-  _globals['_PARAMETERSERVER']._serialized_start=2355
-  _globals['_PARAMETERSERVER']._serialized_end=2948
+  _globals['_PARAMETERSERVER']._serialized_start=2382
+  _globals['_PARAMETERSERVER']._serialized_end=2975
 # @@protoc_insertion_point(module_scope)

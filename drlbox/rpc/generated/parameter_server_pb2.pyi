@@ -83,7 +83,7 @@ class PushReply(_message.Message):
     def __init__(self, version: _Optional[int] = ..., global_steps: _Optional[int] = ..., stop: _Optional[bool] = ...) -> None: ...
 
 class RequestHeader(_message.Message):
-    __slots__ = ("job_id", "shard", "base_version", "report", "newer_than", "aux_newer_than", "pull", "gradient_values")
+    __slots__ = ("job_id", "shard", "base_version", "report", "newer_than", "aux_newer_than", "pull", "gradient_values", "gradient_bfloat16")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     SHARD_FIELD_NUMBER: _ClassVar[int]
     BASE_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -92,6 +92,7 @@ class RequestHeader(_message.Message):
     AUX_NEWER_THAN_FIELD_NUMBER: _ClassVar[int]
     PULL_FIELD_NUMBER: _ClassVar[int]
     GRADIENT_VALUES_FIELD_NUMBER: _ClassVar[int]
+    GRADIENT_BFLOAT16_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     shard: int
     base_version: int
@@ -100,7 +101,8 @@ class RequestHeader(_message.Message):
     aux_newer_than: int
     pull: bool
     gradient_values: int
-    def __init__(self, job_id: _Optional[str] = ..., shard: _Optional[int] = ..., base_version: _Optional[int] = ..., report: _Optional[_Union[WorkerReport, _Mapping]] = ..., newer_than: _Optional[int] = ..., aux_newer_than: _Optional[int] = ..., pull: _Optional[bool] = ..., gradient_values: _Optional[int] = ...) -> None: ...
+    gradient_bfloat16: bool
+    def __init__(self, job_id: _Optional[str] = ..., shard: _Optional[int] = ..., base_version: _Optional[int] = ..., report: _Optional[_Union[WorkerReport, _Mapping]] = ..., newer_than: _Optional[int] = ..., aux_newer_than: _Optional[int] = ..., pull: _Optional[bool] = ..., gradient_values: _Optional[int] = ..., gradient_bfloat16: _Optional[bool] = ...) -> None: ...
 
 class ExchangeRequest(_message.Message):
     __slots__ = ("header", "data", "pad")
