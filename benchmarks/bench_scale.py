@@ -10,9 +10,10 @@ rollout worker uses and takes the weights back exactly as a worker does, flat ou
 `--rate` pushes per second. Each push reports 256 env steps (one batch of 8 lists x 32 steps).
 
 Per configuration and worker count it prints updates/s absorbed, the env steps/s they stand
-for, push latency p50/p99, server CPU-seconds per update (summed over the server processes: the
-figure that holds on a busy machine), and the weights' staleness at push (updates by others
-between the worker's pull and its push). Results go to benchmarks/results/bench_scale.{md,json}
+for, push latency p50/p99, server CPU-seconds per update (summed over the server processes, and
+the busiest one's alone: the figures that hold best on a busy machine), the weights' staleness
+at push (updates by others between the worker's pull and its push), and how often the weights
+came back with the reply. Results go to benchmarks/results/bench_scale.{md,json}
 and, with matplotlib, bench_scale.png.
 """
 from __future__ import annotations
@@ -162,6 +163,7 @@ class Point:
     p50_ms: float
     p99_ms: float
     cpu_ms_per_update: float
+    shard_cpu_ms_per_update: float       # the busiest server process alone
     staleness_mean: float
     staleness_p99: float
     pulls_per_push: float
@@ -186,10 +188,10 @@ def measure(address: str, job_id: str, pids: list[int], workers: int, seconds: f
         proc.start()
     status = ParameterClient(address, job_id, timeout=30.0)
     time.sleep(max(0.0, start_at - time.time()))
-    updates0, cpu0 = status.status().updates, sum(cpu_seconds(p) for p in pids)
+    updates0, cpu0 = status.status().updates, [cpu_seconds(p) for p in pids]
     t0 = time.time()
     time.sleep(max(0.0, stop_at - time.time()))
-    updates1, cpu1 = status.status().updates, sum(cpu_seconds(p) for p in pids)
+    updates1, cpu1 = status.status().updates, [cpu_seconds(p) for p in pids]
     elapsed = time.time() - t0
     status.close()
     records = [r for _ in procs for r in out.get(timeout=120)]
@@ -200,9 +202,11 @@ def measure(address: str, job_id: str, pids: list[int], workers: int, seconds: f
     staleness = np.array([r[2] for r in window], np.float64)
     updates = updates1 - updates0
     per_s = updates / elapsed
+    used = [after - before for before, after in zip(cpu0, cpu1)]
     return Point("", workers, per_s, per_s * STEPS_PER_PUSH,
                  float(np.percentile(latencies, 50)), float(np.percentile(latencies, 99)),
-                 1e3 * (cpu1 - cpu0) / max(updates, 1), float(staleness.mean()),
+                 1e3 * sum(used) / max(updates, 1), 1e3 * max(used) / max(updates, 1),
+                 float(staleness.mean()),
                  float(np.percentile(staleness, 99)),
                  float(np.mean([r[3] for r in window])), os.cpu_count() or 1)
 
@@ -226,14 +230,15 @@ def run_config(name: str, model: str, extra: dict, workers: list[int], seconds: 
 
 # --- reporting -------------------------------------------------------------------------------
 HEADER = ("| configuration | workers | updates/s | env steps/s | push p50 ms | push p99 ms | "
-          "server CPU ms/update | staleness mean | staleness p99 | pulls/push |\n"
-          "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+          "server CPU ms/update | busiest shard's | staleness mean | staleness p99 | "
+          "pulls/push |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
 
 
 def format_row(p: Point) -> str:
     """One table row."""
     return (f"| {p.config} | {p.workers} | {p.updates_per_s:.0f} | {p.env_steps_per_s:.0f} | "
             f"{p.p50_ms:.1f} | {p.p99_ms:.1f} | {p.cpu_ms_per_update:.2f} | "
+            f"{p.shard_cpu_ms_per_update:.2f} | "
             f"{p.staleness_mean:.1f} | {p.staleness_p99:.0f} | {p.pulls_per_push:.2f} |")
 
 
@@ -273,6 +278,9 @@ def plot(points: list[Point], path: str) -> bool:
 
 
 OPTIONS = {"shards": "ps_shards", "staleness": "max_staleness", "half": "compress_gradients"}
+# The defaults, then bounded staleness, bfloat16 pushes, and two shards.
+DEFAULT_CONFIGS = ["mlp", "cnn", "cnn:staleness=16", "cnn:staleness=16:half=1",
+                   "cnn:shards=2:staleness=16:half=1"]
 
 
 def parse_configs(text: str) -> list[tuple[str, str, dict]]:
@@ -295,7 +303,7 @@ def parse_configs(text: str) -> list[tuple[str, str, dict]]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--configs", default="mlp,cnn,cnn:staleness=16,cnn:shards=2:staleness=16",
+    parser.add_argument("--configs", default=",".join(DEFAULT_CONFIGS),
                         help="MODEL[:shards=K][:staleness=S][:half=1], comma-separated; "
                              "models: mlp, cnn; half=1 pushes float16 gradients")
     parser.add_argument("--workers", default="1,2,4,8,16,32")

@@ -517,6 +517,22 @@ def test_two_shards_serve_one_job_as_one_parameter_server(tmp_path):
         stop(twin)
 
 
+def test_a_sharded_client_remembers_the_weights_it_handed_out_however_many_pushes_follow():
+    """The version a worker holds stands for one version per slice; pushes in between must not
+    make the client forget it (it would then ask every shard for all of its weights)."""
+    setup = start("a3c", shards=2, max_staleness=1000)
+    try:
+        first = setup.client.get_weights(-1)
+        for seed in range(40):
+            result, update = setup.client.push_and_pull(
+                small_gradient(first.weights.size, seed=seed), first.version,
+                WorkerReport(env_steps=1), first.version)
+            assert update is None, f"weights came back after push {seed + 1}"
+        assert result.version == first.version + 2 * 40     # both slices moved 40 times
+    finally:
+        stop(setup)
+
+
 def test_a_lost_shard_is_served_again_from_its_last_snapshot():
     setup = start("a3c", shards=2)
     try:

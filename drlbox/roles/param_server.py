@@ -63,6 +63,7 @@ class ParameterServer:
         self.global_steps = self.updates = self.episodes = 0
         self._recent_returns: collections.deque = collections.deque(maxlen=100)
         self._staleness: collections.deque = collections.deque(maxlen=100)
+        self._staleness_sum = 0
         self._evaluations: list[Evaluation] = []
         self._checkpoints: list[Checkpoint] = []
         self._stats: dict = {}
@@ -173,10 +174,13 @@ class ParameterServer:
     def _record_update(self, report: WorkerReport | None, reply: ShardReply) -> dict:
         stats = dict(report.stats) if report is not None else {}
         if reply.staleness is not None:
+            if len(self._staleness) == self._staleness.maxlen:
+                self._staleness_sum -= self._staleness[0]
             self._staleness.append(reply.staleness)
+            self._staleness_sum += reply.staleness
             stats["staleness"] = float(reply.staleness)
         if self._staleness:
-            stats["staleness_mean"] = float(np.mean(self._staleness))
+            stats["staleness_mean"] = self._staleness_sum / len(self._staleness)
         self._stats = stats
         return {f"loss/{k}" if not k.startswith("staleness") else k: v
                 for k, v in stats.items()}

@@ -45,15 +45,21 @@ class Shard:
     channel: grpc.Channel | None = None
 
 
+def version_number(versions: list[int]) -> int:
+    """One number for a set of slice versions: their sum, which grows with any of them."""
+    return versions[0] if len(versions) == 1 else sum(versions)
+
+
 class _Versions:
-    """The slice versions behind each version number handed to the worker (the last few)."""
+    """The slice versions behind the version numbers of the last weight sets put together
+    (what a worker may hold, and pass back as newer_than or base_version)."""
 
     def __init__(self):
         self._known: collections.OrderedDict = collections.OrderedDict()
 
     def name(self, versions: list[int]) -> int:
-        """The number standing for these slice versions."""
-        number = versions[0] if len(versions) == 1 else sum(versions)
+        """The number standing for these slice versions, remembered."""
+        number = version_number(versions)
         self._known[number] = list(versions)
         self._known.move_to_end(number)
         while len(self._known) > 16:
@@ -172,7 +178,7 @@ class ParameterClient:
                   for s, header in zip(self._shards, headers)]
         replies = self._round_trip(headers, slices)
         first = replies[0].header.push
-        result = PushResult(self._versions.name([r.header.push.version for r in replies]),
+        result = PushResult(version_number([r.header.push.version for r in replies]),
                             first.global_steps, first.stop)
         if first.stop or all(r.weights is None for r in replies):
             return result, None
