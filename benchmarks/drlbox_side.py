@@ -68,7 +68,7 @@ def nature_cnn_a3c(env) -> keras.Model:
     return keras.Model(inp, [logits, keras.layers.Dense(1)(x)])
 
 
-def pong_trainer(steps: int, port_begin: int):
+def pong_trainer(steps: int, port_begin: int, **overrides):
     """A3C on Pong: one worker stepping 8 envs in lockstep, drlbox's default 32-step lists.
 
     (With 2 workers x 4 envs and SB3's n_steps=5 the 6.7 MB weight set crossed gRPC every 20
@@ -77,4 +77,4 @@ def pong_trainer(steps: int, port_begin: int):
     return make_trainer("a3c", env_maker=pong_env, state_to_input=channels_last,
                         model_maker=nature_cnn_a3c, num_parallel=1, batch_size=8,
                         rollout_maxlen=32, train_steps=steps, port_begin=port_begin, seed=0,
-                        opt_kwargs=dict(learning_rate=7e-4))
+                        opt_kwargs=dict(learning_rate=7e-4), **overrides)

@@ -31,6 +31,10 @@ def check_makers(config: TrainerConfig) -> None:
                              f"becomes {tuple(x.shape[1:])} after state_to_input; make them "
                              f"agree (state_to_input maps observation -> model input)")
         model(x)
+        from drlbox.layers.noisy import synced_weights
+        from drlbox.ops.flat_weights import WeightLayout, shard_bounds
+
+        shard_bounds(WeightLayout(synced_weights(model)).size, config.ps_shards)
     finally:
         env.close()
 

@@ -49,6 +49,10 @@ TRAINER = {
     "save_dir": (None, "/tmp/drlbox-save-dir-not-created"),
     "save_interval": (10_000, 100),
     "catch_signal": (False, True),
+    # drlbox additions for scale (README, "Scaling the parameter server").
+    "ps_shards": (1, 2),
+    "max_staleness": (0, 8),
+    "compress_gradients": (False, True),
 }
 SPECIFIC = {
     "a3c": {"a3c_entropy_weight": (1e-2, 0.0)},
@@ -215,6 +219,9 @@ def test_trainer_only_argument_rejected_by_evaluator(model_file):
 
 # --- bad values -------------------------------------------------------------------------------
 BAD_VALUES = [
+    ("a3c", "ps_shards", 0),
+    ("a3c", "max_staleness", -1),
+    ("a3c", "compress_gradients", "yes"),
     ("a3c", "num_parallel", 0),
     ("a3c", "train_steps", -1),
     ("a3c", "discount", 1.5),

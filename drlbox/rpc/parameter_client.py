@@ -27,7 +27,7 @@ from drlbox.rpc.generated import parameter_server_pb2_grpc as pb_grpc
 from drlbox.rpc.parameter_server import report_to_proto, status_from_proto
 from drlbox.rpc.security import Security
 from drlbox.rpc.server import make_channel
-from drlbox.rpc.sessions import ExchangeSession, Reply
+from drlbox.rpc.sessions import ExchangeSession, Reply, SessionError
 
 CALL_TIMEOUT = 120.0
 _RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND,
@@ -86,6 +86,9 @@ class ParameterClient:
         # Gradients as bfloat16 (half the bytes) instead of float32: compress_gradients.
         self.compress_gradients = False
         self._shards: list[Shard] = []
+        self._forget_weights()
+
+    def _forget_weights(self) -> None:
         self._versions, self._aux_versions = _Versions(), _Versions()
         self._flat: np.ndarray | None = None       # the last weights put together
         self._aux: np.ndarray | None = None
@@ -100,6 +103,7 @@ class ParameterClient:
         self.worker_index = chunks[0].worker_index
         self.compress_gradients = bool(json.loads(chunks[0].config_json).get(
             "compress_gradients", False))
+        self._forget_weights()              # a new job: nothing held from the previous one
         self._use_shards(chunks[0].shards)
         return Job.decode(self.job_id, serde.join_chunks(c.makers for c in chunks))
 
@@ -143,7 +147,8 @@ class ParameterClient:
                 self._use_shards(shard_map.shards)
                 return
             if time.monotonic() > deadline:
-                raise TimeoutError(f"job {self.job_id}: a parameter-server shard stayed "
+                raise SessionError(grpc.StatusCode.UNAVAILABLE,
+                                   f"job {self.job_id}: a parameter-server shard stayed "
                                    f"missing for {self.timeout:.0f} s")
             time.sleep(0.5)
 
@@ -163,6 +168,9 @@ class ParameterClient:
                   pull=False) -> tuple[PushResult, WeightsUpdate | None]:
         if not self._shards:
             self._await_shards()
+        if gradient is not None and len(gradient) != self._shards[-1].stop:
+            raise ValueError(f"the gradient has {len(gradient)} values; the job's weights "
+                             f"have {self._shards[-1].stop}")
         count = len(self._shards)
         held = self._versions.lookup(newer_than, count)
         aux_held = self._aux_versions.lookup(aux_newer_than, count)
