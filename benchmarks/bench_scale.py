@@ -19,6 +19,7 @@ and, with matplotlib, bench_scale.png.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import multiprocessing as mp
 import os
@@ -251,8 +252,9 @@ def saturation(points: list[Point]) -> str:
     return f"still growing at {points[-1].workers} workers"
 
 
-def plot(points: list[Point], path: str) -> bool:
-    """updates/s against workers, one line per configuration (needs matplotlib)."""
+def plot(points: list[Point], path: str, before: list[Point] = ()) -> bool:
+    """updates/s against workers, one line per configuration (needs matplotlib); a `before`
+    run's configurations dashed."""
     try:
         import matplotlib
 
@@ -260,18 +262,21 @@ def plot(points: list[Point], path: str) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name in dict.fromkeys(p.config for p in points):
-        mine = [p for p in points if p.config == name]
-        ax.plot([p.workers for p in mine], [p.updates_per_s for p in mine], marker="o",
-                label=name)
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    names = list(dict.fromkeys(p.config for p in list(points) + list(before)))
+    colors = {name: f"C{i}" for i, name in enumerate(names)}
+    for run, style, suffix in ((points, "-", ""), (before, "--", " (before)")):
+        for name in dict.fromkeys(p.config for p in run):
+            mine = [p for p in run if p.config == name]
+            ax.plot([p.workers for p in mine], [p.updates_per_s for p in mine], marker="o",
+                    linestyle=style, color=colors[name], label=name + suffix)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("simulated workers")
     ax.set_ylabel("updates/s absorbed")
     ax.set_title(f"parameter server throughput ({os.cpu_count()} cores)")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return True
@@ -281,6 +286,14 @@ OPTIONS = {"shards": "ps_shards", "staleness": "max_staleness", "half": "compres
 # The defaults, then bounded staleness, bfloat16 pushes, and two shards.
 DEFAULT_CONFIGS = ["mlp", "cnn", "cnn:staleness=16", "cnn:staleness=16:half=1",
                    "cnn:shards=2:staleness=16:half=1"]
+
+
+def load_points(path: str) -> list[Point]:
+    """Points written by an earlier run (fields it lacks are NaN)."""
+    with open(path) as f:
+        rows = json.load(f)
+    names = [field.name for field in dataclasses.fields(Point)]
+    return [Point(**{n: row.get(n, float("nan")) for n in names}) for row in rows]
 
 
 def parse_configs(text: str) -> list[tuple[str, str, dict]]:
@@ -313,7 +326,15 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="1, 2 and 4 workers, 3 s each")
     parser.add_argument("--port-begin", type=int, default=4620)
     parser.add_argument("--out", default=os.path.join(RESULTS, "bench_scale"))
+    parser.add_argument("--before", default=os.path.join(RESULTS, "bench_scale_before.json"),
+                        help="an earlier run's .json to draw dashed in the plot")
+    parser.add_argument("--replot", action="store_true",
+                        help="only draw the plot again from OUT.json (and --before)")
     args = parser.parse_args()
+    before = load_points(args.before) if os.path.exists(args.before) else []
+    if args.replot:
+        plot(load_points(args.out + ".json"), args.out + ".png", before)
+        return 0
     workers = [1, 2, 4] if args.quick else [int(n) for n in args.workers.split(",")]
     seconds = 3.0 if args.quick else args.seconds
     print(f"bench-scale: {os.cpu_count()} cores, {platform.python_version()}, "
@@ -331,7 +352,7 @@ def main() -> int:
         json.dump([p.__dict__ for p in points], f, indent=1)
     with open(args.out + ".md", "w") as f:
         f.write(HEADER + "\n" + "\n".join(format_row(p) for p in points) + "\n")
-    if plot(points, args.out + ".png"):
+    if plot(points, args.out + ".png", before):
         print(f"plot: {args.out}.png")
     return 0
 
