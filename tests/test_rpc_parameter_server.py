@@ -180,7 +180,7 @@ def test_a_gradient_that_is_not_finite_is_refused_and_changes_nothing(a3c, value
     err = rpc_error(lambda: a3c.client.push_and_pull(gradient, 0, WorkerReport(env_steps=9),
                                                      0))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "gradients refused" in err.details() and "NaN or infinite" in err.details()
+    assert err.details().startswith("gradient:") and "NaN or infinite" in err.details()
     after = a3c.client.get_weights(-1)
     assert after.version == before.version
     assert after.weights.tobytes() == before.weights.tobytes()
@@ -606,3 +606,66 @@ def test_a_resumed_job_restores_every_slice(tmp_path):
         assert [(e.global_steps, e.mean_return) for e in status.evaluations] == [(15, 3.0)]
     finally:
         resumed.slots.close()
+
+
+# --- refusals: every bad value is refused with a proper code and changes nothing -----------
+
+def test_bad_reports_are_refused_before_the_gradient_is_applied(a3c):
+    before = a3c.client.get_weights(-1)
+    cases = {
+        "negative env_steps": (WorkerReport(env_steps=-2**63), grpc.StatusCode.OUT_OF_RANGE,
+                               "report.env_steps"),
+        "huge env_steps": (WorkerReport(env_steps=2**62), grpc.StatusCode.OUT_OF_RANGE,
+                           "report.env_steps"),
+        "100,000 returns": (WorkerReport(env_steps=1, episode_returns=[1.0] * 100_000),
+                            grpc.StatusCode.RESOURCE_EXHAUSTED, "report.episode_returns"),
+        "infinite return": (WorkerReport(env_steps=1, episode_returns=[float("inf")]),
+                            grpc.StatusCode.INVALID_ARGUMENT, "report.episode_returns"),
+        "NaN loss": (WorkerReport(env_steps=1, stats={"loss": float("nan")}),
+                     grpc.StatusCode.INVALID_ARGUMENT, "report.stats['loss']"),
+        "negative length": (WorkerReport(env_steps=1, episode_returns=[1.0],
+                                         episode_lengths=[-1]),
+                            grpc.StatusCode.OUT_OF_RANGE, "report.episode_lengths"),
+    }
+    for name, (report, code, field) in cases.items():
+        err = rpc_error(lambda: a3c.client.push_and_pull(small_gradient(a3c.ps.size), 0,
+                                                         report, 0))
+        assert err.code() == code, (name, err.details())
+        assert err.details().startswith(field), (name, err.details())
+    status = a3c.client.status()
+    assert (status.version, status.updates, status.global_steps, status.episodes) == (0, 0, 0, 0)
+    assert a3c.client.get_weights(-1).weights.tobytes() == before.weights.tobytes()
+
+
+def test_bad_evaluations_are_refused_and_cannot_end_the_job(a3c):
+    a3c.client.push_and_pull(None, 0, WorkerReport(env_steps=100), 0)
+    cases = {"infinite return": (50, [float("inf")], grpc.StatusCode.INVALID_ARGUMENT),
+             "no returns": (50, [], grpc.StatusCode.INVALID_ARGUMENT),
+             "negative steps": (-5, [1.0], grpc.StatusCode.OUT_OF_RANGE),
+             "steps not reached yet": (10_000, [1.0], grpc.StatusCode.OUT_OF_RANGE)}
+    for name, (steps, returns, code) in cases.items():
+        err = rpc_error(lambda: a3c.client.report_evaluation(steps, returns))
+        assert err.code() == code, name
+    status = a3c.client.status()
+    assert status.running and status.evaluations == []
+    assert not a3c.client.report_evaluation(100, [1.0, 2.0]).stop
+    assert len(a3c.client.status().evaluations) == 1
+
+
+def test_requests_that_do_not_parse_or_overflow_are_refused_by_name(a3c):
+    channel = make_channel(a3c.address)
+    try:
+        call = channel.unary_unary("/drlbox.v1.ParameterServer/GetStatus")
+        err = rpc_error(lambda: call(b"\xff\xff\xff", timeout=TIMEOUT))
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "GetStatus" in err.details() and "StatusRequest" in err.details()
+        stub = pb_grpc.ParameterServerStub(channel)
+        err = rpc_error(lambda: stub.Stop(pb.StopRequest(job_id=a3c.job.job_id,
+                                                         reason="x" * 10_000), timeout=TIMEOUT))
+        assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "reason" in err.details()
+        err = rpc_error(lambda: list(stub.JoinShard(
+            pb.JoinShardRequest(address="not an address"), timeout=TIMEOUT)))
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "address" in err.details()
+    finally:
+        channel.close()
+    assert a3c.client.status().running

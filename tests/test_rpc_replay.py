@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from drlbox.replay import PrioritizedReplay, UniformReplay
-from drlbox.roles.replay import ReplayTable
+from drlbox.ops.rollout import list_spec
+from drlbox.roles.replay import ReplayService, ReplayTable
 from drlbox.rpc import serde
 from drlbox.rpc.generated import replay_pb2 as pb
 from drlbox.rpc.generated import replay_pb2_grpc as pb_grpc
@@ -20,8 +21,9 @@ JOB_ID = "acer-replay01"
 TIMEOUT = 30.0
 
 
-def start(memory):
-    table = ReplayTable(lambda other_job: None, JOB_ID, memory)
+def start(memory, spec=None, rollout_maxlen=8):
+    table = ReplayTable(lambda other_job: None, JOB_ID,
+                        ReplayService(memory, spec, rollout_maxlen, max_lists=512))
     service = table.for_job(JOB_ID)
     server, port = make_server(0, [add_replay(table)])
     address = f"127.0.0.1:{port}"
@@ -36,8 +38,8 @@ def start(memory):
 def make_replay_server():
     started = []
 
-    def make(memory):
-        setup = start(memory)
+    def make(memory, **checks):
+        setup = start(memory, **checks)
         started.append(setup)
         return setup
 
@@ -231,3 +233,64 @@ def test_empty_insert_stream_is_invalid_argument(make_replay_server):
     err = rpc_error(lambda: r.stub.Insert(iter([]), timeout=TIMEOUT))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert len(r.service) == 0
+
+
+# --- a job's inserts are checked against its rollout spec -----------------------------------
+def test_inserts_that_do_not_fit_the_job_are_refused_and_change_nothing(make_replay_server):
+    spec = list_spec(rollout(3, 0))
+    r = make_replay_server(UniformReplay(maxlen=8, minlen=1, seed=0), spec=spec,
+                           rollout_maxlen=8)
+    r.client.insert([rollout(8, 0), rollout(1, 1)])
+
+    def spoiled(**changes):
+        good = rollout(4, 2)
+        good.update(changes)
+        return good
+
+    cases = {
+        "obs shape": ([spoiled(obs=np.zeros((5, 3), np.float32))], "obs: must be float32 (5, 4)"),
+        "obs dtype": ([spoiled(obs=np.zeros((5, 4), np.float64))], "obs: must be float32"),
+        "missing key": ([{k: v for k, v in rollout(4, 2).items() if k != "behaviour"}],
+                        "holds"),
+        "too many steps": ([rollout(9, 3)], "1 to 8 steps"),
+        "non-finite reward": ([spoiled(rewards=np.array([0, np.nan, 0, 0], np.float32))],
+                              "rewards: must be finite"),
+        "second list bad": ([rollout(2, 4), spoiled(actions=np.zeros(4, np.int32))],
+                            "lists[1]: actions"),
+    }
+    for name, (lists, expected) in cases.items():
+        err = rpc_error(lambda: r.client.insert(lists))
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, name
+        assert expected in err.details(), (name, err.details())
+    err = rpc_error(lambda: r.client.insert([rollout(2, s) for s in range(513)]))
+    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "1 to 512 lists" in err.details()
+    assert len(r.service) == 2
+
+
+def test_an_insert_stream_past_what_the_job_can_send_is_refused_before_it_ends(
+        make_replay_server):
+    spec = list_spec(rollout(3, 0))
+    r = make_replay_server(UniformReplay(maxlen=8, minlen=1, seed=0), spec=spec,
+                           rollout_maxlen=8)
+    limit = r.service.max_insert_bytes
+    sent = []
+
+    def chunks():
+        for i in range(10_000):                      # ~10 GB if it were read to the end
+            sent.append(i)
+            yield pb.ReplayChunk(job_id=JOB_ID, data=b"\0" * (1 << 20))
+
+    err = rpc_error(lambda: r.stub.Insert(chunks(), timeout=TIMEOUT))
+    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and str(limit) in err.details()
+    assert len(sent) < 200, "the server read the stream far past its limit"
+    assert len(r.service) == 0
+
+
+def test_sample_and_priority_sizes_are_bounded_by_the_memory(make_replay_server):
+    r = make_replay_server(PrioritizedReplay(maxlen=8, minlen=1, seed=0))
+    r.client.insert([rollout(2, 0)])
+    err = rpc_error(lambda: r.client.sample(2**31 - 1))
+    assert err.code() == grpc.StatusCode.OUT_OF_RANGE and "1 and 512" in err.details()
+    err = rpc_error(lambda: r.client.update_priorities(np.zeros(9, np.int64), np.ones(9)))
+    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert len(r.client.sample(8).lists) == 8

@@ -168,29 +168,15 @@ def run_evaluator(endpoint: Endpoint) -> None:
 
 def run_replay(endpoint: Endpoint) -> None:
     """A replay server holding the running job's memory (no TensorFlow)."""
-    from drlbox.config import REPLAY_DEFAULTS
-    from drlbox.replay import make_replay
+    from drlbox.launch.processes import replay_services
     from drlbox.roles.replay import ReplayTable
     from drlbox.rpc.parameter_client import ParameterClient
     from drlbox.rpc.replay import add_replay
     from drlbox.rpc.server import make_server
 
     params = ParameterClient(endpoint.ps_address, timeout=30.0, security=endpoint.security)
-
-    def make_memory(job_id: str):
-        """A fresh memory for job_id when it is the job the parameter server runs."""
-        try:
-            running_id, settings = params.fetch_settings()
-        except grpc.RpcError:
-            return None
-        if running_id != job_id or not settings.get("replay_type"):
-            return None
-        log.warning("replay memory for job %s (%s)", job_id, settings["replay_type"])
-        return make_replay(settings["replay_type"], seed=settings.get("seed"),
-                           **{**REPLAY_DEFAULTS, **settings.get("replay_kwargs", {})})
-
     done = _wait_for_termination()
-    server, port = make_server(endpoint.port, [add_replay(ReplayTable(make_memory))],
+    server, port = make_server(endpoint.port, [add_replay(ReplayTable(replay_services(params)))],
                                host=endpoint.host, security=endpoint.security)
     log.warning("replay server listening on %s:%d", endpoint.host, port)
     done.wait()

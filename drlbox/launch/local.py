@@ -105,9 +105,8 @@ class LocalRun:
         replay_address = None
         if cfg.uses_replay:
             replay_address = f"{HOST}:{ports['replay server']}"
-            self._spawn("replay-server", "replay", job_id=self.job.job_id,
-                        replay_type=cfg.replay_type, replay_kwargs=cfg.merged_replay_kwargs,
-                        port=ports["replay server"], seed=cfg.seed, verbose=verbose)
+            self._spawn("replay-server", "replay", ps_address=ps_address,
+                        port=ports["replay server"], verbose=verbose)
             self._wait_started("replay-server", replay_address)
         for i in range(cfg.num_parallel):
             self._spawn(f"worker-{i}", "worker", ps_address=ps_address,

@@ -12,7 +12,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 log = logging.getLogger(__name__)
 # Exchange sessions hold a server thread each: room for many workers, shards and callers.
@@ -116,11 +116,30 @@ def build_parameter_server(job: Any, resume_file: str | None = None, shards: int
     env = make_env(config.env_maker)
     try:
         algorithm = make_algorithm(config, env.action_space)
-        return ParameterServer(job.job_id, config, make_model(config, env, algorithm),
-                               resume_file=resume_file, shards=shards,
-                               connect=lambda address: ShardPeer(address, security))
+        model = make_model(config, env, algorithm)
+        spec = rollout_spec(config, env, algorithm, model) if config.uses_replay else None
+        return ParameterServer(job.job_id, config, model, resume_file=resume_file,
+                               shards=shards, connect=lambda address: ShardPeer(address, security),
+                               rollout_spec=spec)
     finally:
         env.close()
+
+
+def rollout_spec(config: Any, env: Any, algorithm: Any, model: Any) -> dict:
+    """What the job's rollout lists look like, read off one list collected as workers do."""
+    import numpy as np
+
+    from drlbox.ops.rollout import list_spec
+    from drlbox.roles.collector import example_list
+
+    def predict(inputs: np.ndarray) -> list:
+        outputs = model(inputs, training=False)
+        return [np.asarray(outputs[0] if isinstance(outputs, (list, tuple)) else outputs)]
+
+    rng = np.random.default_rng(0)
+    return list_spec(example_list(env, config.state_to_input or (lambda obs: obs), predict,
+                                  lambda outputs, steps: algorithm.act(outputs, rng, steps),
+                                  config.rollout_maxlen, algorithm.behaviour_size))
 
 
 def run_parameter_server(job_id: str, job_bytes: bytes, port: int, verbose: bool) -> None:
@@ -204,18 +223,36 @@ def run_worker(ps_address: str, replay_address: str | None, index: int, status_p
     server.stop(grace=0.5).wait()
 
 
-def run_replay(job_id: str, replay_type: str, replay_kwargs: dict, port: int,
-               seed: int | None, verbose: bool) -> None:
+def replay_services(params: Any) -> Callable[[str], Any]:
+    """`make_service(job_id)` for a ReplayTable: a fresh service when job_id is the job the
+    parameter server runs (its settings and rollout spec fetched from it), else None."""
+    import grpc
+
+    from drlbox.roles.replay import service_for
+
+    def make_service(job_id: str) -> Any:
+        try:
+            running_id, settings = params.fetch_settings()
+        except grpc.RpcError:
+            return None
+        if running_id != job_id or not settings.get("replay_type"):
+            return None
+        log.info("replay memory for job %s (%s)", job_id, settings["replay_type"])
+        return service_for(settings)
+
+    return make_service
+
+
+def run_replay(ps_address: str, port: int, verbose: bool) -> None:
     """The replay server process (no TensorFlow)."""
     _child_setup(verbose, "replay")
-    from drlbox.replay import make_replay
     from drlbox.roles.replay import ReplayTable
+    from drlbox.rpc.parameter_client import ParameterClient
     from drlbox.rpc.replay import add_replay
     from drlbox.rpc.server import make_server
 
-    table = ReplayTable(lambda other_job: None, job_id,
-                        make_replay(replay_type, seed=seed, **replay_kwargs))
-    server, _ = make_server(port, [add_replay(table)])
+    params = ParameterClient(ps_address, timeout=30.0)
+    server, _ = make_server(port, [add_replay(ReplayTable(replay_services(params)))])
     _serve_until_terminated(server)
 
 

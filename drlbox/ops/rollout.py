@@ -69,3 +69,44 @@ def pack_lists(lists: Sequence[RolloutList], discount: float,
             "lambda": lambda_t.astype(np.float32),
             "weights": (np.ones(count, np.float32) if weights is None
                         else np.asarray(weights, np.float32))}
+
+
+# --- what a job's rollout lists look like --------------------------------------------------
+# Leading dimension of each array of a list of n steps: n + 1, n, or a fixed 1.
+_LEADING = {"obs": 1, "actions": 0, "rewards": 0, "behaviour": 0, "terminated": None}
+
+
+def list_spec(example: RolloutList) -> dict[str, list]:
+    """{name: [dtype, shape after the leading dimension]} of a job's rollout lists, read off
+    one list a worker would make (plain data, for JSON)."""
+    return {name: [example[name].dtype.str, list(example[name].shape[1:])]
+            for name in _LEADING}
+
+
+def check_list(rollout: RolloutList, spec: dict[str, list], maxlen: int) -> None:
+    """ValueError naming the array, unless `rollout` is a list this job makes: the same names,
+    dtypes and shapes, 1 to `maxlen` steps, and finite floats."""
+    if set(rollout) != set(spec):
+        raise ValueError(f"a rollout list holds {sorted(rollout)}, this job's hold "
+                         f"{sorted(spec)}")
+    steps = rollout["rewards"].shape[0] if rollout["rewards"].ndim else -1
+    if not 1 <= steps <= maxlen:
+        raise ValueError(f"rewards: a list has 1 to {maxlen} steps, got {steps}")
+    for name, (dtype, shape) in spec.items():
+        array, extra = rollout[name], _LEADING[name]
+        leading = 1 if extra is None else steps + extra
+        if array.dtype.str != dtype or array.shape != (leading, *shape):
+            raise ValueError(f"{name}: must be {np.dtype(dtype).name} {(leading, *shape)}, "
+                             f"got {array.dtype.name} {array.shape}")
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise ValueError(f"{name}: must be finite")
+
+
+def max_list_bytes(spec: dict[str, list], maxlen: int) -> int:
+    """The most bytes one list of this job's can hold."""
+    total = 0
+    for name, (dtype, shape) in spec.items():
+        extra = _LEADING[name]
+        leading = 1 if extra is None else maxlen + extra
+        total += np.dtype(dtype).itemsize * leading * int(np.prod(shape, dtype=np.int64))
+    return total

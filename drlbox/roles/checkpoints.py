@@ -55,6 +55,11 @@ class ScalarLog:
             for name, value in scalars.items():
                 tf.summary.scalar(name, float(value))
 
+    def write_all(self, scalars: list[tuple[int, dict]]) -> None:
+        """Write several (step, scalars) pairs."""
+        for step, values in scalars:
+            self.write(step, values)
+
     def flush(self) -> None:
         """Push pending scalars to disk."""
         if self._writer is not None:

@@ -93,3 +93,12 @@ class Collector:
         self.finished_returns, self.finished_lengths = [], []
         self.env_steps = 0
         return stats
+
+
+def example_list(env: Any, state_to_input: Callable, predict: Callable, act: Callable,
+                 rollout_maxlen: int, behaviour_size: int) -> RolloutList:
+    """One rollout list collected as a worker collects them: it shows what the job's lists
+    look like (names, dtypes, shapes) to the replay server, which checks inserts against it."""
+    collector = Collector([env], state_to_input, predict, act, rollout_maxlen, behaviour_size,
+                          seed=0)
+    return collector.collect(1, 0)[0]

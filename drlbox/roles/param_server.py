@@ -28,6 +28,7 @@ from drlbox.ops.flat_weights import WeightLayout, shard_bounds, slice_pieces
 from drlbox.roles.checkpoints import ScalarLog, checkpoint_path, save_model_atomically
 from drlbox.roles.interfaces import (Checkpoint, Evaluation, JobStatus, PushResult, ShardReply,
                                      ShardState, WeightsUpdate, WorkerReport)
+from drlbox.roles.limits import (check_address, check_evaluation, check_reason, check_report)
 from drlbox.roles.param_shard import GradientError, ParameterShard, make_optimizer
 from drlbox.roles.shard_slots import ShardSlots
 
@@ -53,8 +54,10 @@ class ParameterServer:
 
     def __init__(self, job_id: str, config: Any, model: keras.Model,
                  resume_file: str | None = None, shards: int = 1,
-                 connect: Callable[[str], Any] | None = None):
+                 connect: Callable[[str], Any] | None = None,
+                 rollout_spec: dict | None = None):
         self.job_id, self.config, self.model = job_id, config, model
+        self.rollout_spec = rollout_spec      # what the job's rollout lists look like
         self.layout = WeightLayout(synced_weights(model))
         self._others = [v.numpy() for v in self.layout.other_variables]
         self.bounds = shard_bounds(self.layout.size, shards)
@@ -97,6 +100,7 @@ class ParameterServer:
 
     def assignment(self, address: str) -> tuple[dict, ShardState] | None:
         """(settings, state) of a free slot for the shard process at `address`, or None."""
+        check_address(address)
         slot = self.slots.claim(address)
         if slot is None:
             return None
@@ -144,25 +148,28 @@ class ParameterServer:
                  pull: bool = False) -> tuple[PushResult, ShardReply]:
         """Shard 0's part of a worker's exchange, plus its report: apply the gradient slice,
         record progress, and answer with the push result and (unless stopping) the weights."""
+        if report is not None:
+            check_report(report)
         if self.state != "running":
             return self._stopped_reply()
         reply = self.shard0.exchange(gradient, base_version, newer_than, aux_newer_than, pull)
+        scalars: list = []
         with self._lock:
             if self.state != "running":      # it ended while this push was applied
                 return (PushResult(reply.version, self.global_steps, True),
                         reply._replace(weights=None, aux=None))
+            losses = {}
             if gradient is not None:
                 self.updates += 1
-                scalars = self._record_update(report, reply)
-            else:
-                scalars = {}
+                losses = self._record_update(report, reply)
             if report is not None:
-                self._record_progress(report, scalars)
+                scalars = self._record_progress(report, losses)
             self._maybe_checkpoint()
             if self.global_steps >= self.config.train_steps:
                 self._finish("done", f"reached train_steps={self.config.train_steps}")
             stop = self.state != "running"
             result = PushResult(reply.version, self.global_steps, stop)
+        self._scalars.write_all(scalars)        # outside the lock: one line per episode
         return result, reply._replace(weights=None, aux=None) if stop else reply
 
     def _stopped_reply(self) -> tuple[PushResult, ShardReply]:
@@ -172,6 +179,7 @@ class ParameterServer:
                     ShardReply(version, None, self.shard0.aux_version, None, None))
 
     def _record_update(self, report: WorkerReport | None, reply: ShardReply) -> dict:
+        """Losses and staleness of an applied update; their TensorBoard scalars."""
         stats = dict(report.stats) if report is not None else {}
         if reply.staleness is not None:
             if len(self._staleness) == self._staleness.maxlen:
@@ -182,8 +190,7 @@ class ParameterServer:
         if self._staleness:
             stats["staleness_mean"] = self._staleness_sum / len(self._staleness)
         self._stats = stats
-        return {f"loss/{k}" if not k.startswith("staleness") else k: v
-                for k, v in stats.items()}
+        return {k if k.startswith("staleness") else f"loss/{k}": v for k, v in stats.items()}
 
     def get_weights(self, newer_than: int, aux_newer_than: int = -1) -> WeightsUpdate | None:
         """The weights unless the caller holds this version (one shard only, in process)."""
@@ -212,12 +219,13 @@ class ParameterServer:
             raise RuntimeError("a sharded parameter server is reached through its clients")
 
     # --- progress ----------------------------------------------------------------------------
-    def _record_progress(self, report: WorkerReport, scalars: dict) -> None:
+    def _record_progress(self, report: WorkerReport,
+                         losses: dict) -> list[tuple[int, dict]]:
+        """Count the report's steps and episodes; the TensorBoard scalars to write."""
         self.global_steps += int(report.env_steps)
-        for ret in report.episode_returns:
-            self.episodes += 1
-            self._recent_returns.append(float(ret))
-            self._scalars.write(self.global_steps, {"episode_return": ret})
+        self.episodes += len(report.episode_returns)
+        self._recent_returns.extend(float(r) for r in report.episode_returns[-100:])
+        scalars = [(self.global_steps, {"episode_return": r}) for r in report.episode_returns]
         now = time.monotonic()
         if self._rate_mark is None:
             self._rate_mark = self._rate_start = (now, self.global_steps)
@@ -227,11 +235,12 @@ class ParameterServer:
         if now - mark_time >= 1.0:
             self._steps_per_sec = (self.global_steps - mark_steps) / (now - mark_time)
             self._rate_mark = (now, self.global_steps)
-            scalars["steps_per_sec"] = self._steps_per_sec
-        self._scalars.write(self.global_steps, scalars)
+            losses["steps_per_sec"] = self._steps_per_sec
+        return scalars + [(self.global_steps, losses)]
 
     def report_evaluation(self, global_steps: int, returns: Sequence[float]) -> PushResult:
         """Record an evaluation; reaching target_return stops the job."""
+        check_evaluation(global_steps, returns, self.global_steps)
         with self._lock:
             mean = float(np.mean(returns)) if len(returns) else float("nan")
             self._evaluations.append(Evaluation(int(global_steps), mean, len(returns),
@@ -245,6 +254,7 @@ class ParameterServer:
 
     def stop(self, reason: str = "stopped on request") -> None:
         """End the job now (workers learn it on their next push), saving a final model."""
+        check_reason(reason)
         with self._lock:
             if self.state == "running":
                 self._finish("stopped", reason)

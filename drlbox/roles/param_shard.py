@@ -22,9 +22,10 @@ from drlbox.ops.compiled import FlatFunction
 from drlbox.ops.flat_weights import Piece
 from drlbox.ops.fused_adam import FusedAdam, can_fuse
 from drlbox.roles.interfaces import ShardReply, ShardState
+from drlbox.roles.limits import Refused
 
 
-class GradientError(ValueError):
+class GradientError(Refused):
     """Pushed gradients that do not fit the shard; nothing was applied."""
 
 
@@ -138,13 +139,14 @@ class ParameterShard:
         buffer as float32, clipped to clip_norm. GradientError when it does not fit or is not
         finite; the weights are untouched either way. Callers hold the lock."""
         if gradient.dtype.name not in ("float32", "bfloat16") or gradient.shape != (self.size,):
-            raise GradientError(f"this shard takes {self.size} float32 (or bfloat16) gradient "
+            raise GradientError(f"gradient: this shard takes {self.size} float32 (or bfloat16) "
                                 f"values, got {gradient.size} {gradient.dtype}")
         np.copyto(self._gradient, gradient)
         with np.errstate(over="ignore", invalid="ignore"):
             squared = float(np.dot(self._gradient, self._gradient))
         if not np.isfinite(squared):
-            raise GradientError("the gradient has NaN or infinite values (or overflows float32)")
+            raise GradientError("gradient: has NaN or infinite values (or overflows float32); "
+                                "nothing was applied")
         norm = np.sqrt(squared)
         if norm > self.clip_norm:
             self._gradient *= np.float32(self.clip_norm / norm)

@@ -5,13 +5,14 @@ The client side imports no TensorFlow (the SDK runs on laptops without it).
 from __future__ import annotations
 
 import os
-from typing import Iterator
+from typing import AsyncIterator
 
-import grpc
 
 from drlbox.jobs import python_version
 from drlbox.roles.interfaces import Checkpoint, JobStatus
+from drlbox.roles.limits import Mismatch, NotFound, Refused, TooLarge
 from drlbox.rpc import serde
+from drlbox.rpc.handlers import Blocking, service_handler
 from drlbox.rpc.generated import job_control_pb2 as pb
 from drlbox.rpc.generated import job_control_pb2_grpc as pb_grpc
 from drlbox.rpc.parameter_server import status_from_proto, status_to_proto
@@ -21,69 +22,77 @@ from drlbox.rpc.server import make_channel
 FILE_CHUNK_BYTES = 1 << 20
 
 
-class JobControlServicer(pb_grpc.JobControlServicer):
+class JobControlServicer:
     """Serves a `drlbox.roles.job_host.JobHost`."""
 
     def __init__(self, host):
         self.host = host
+        self.blocking = Blocking(threads=4, name="job-control")
 
-    def _status(self, job_id: str, context) -> JobStatus:
+    def _status(self, job_id: str) -> JobStatus:
         from drlbox.roles.job_host import UnknownJob
 
         try:
             return self.host.status(job_id)
         except UnknownJob:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"no job {job_id!r} was submitted to this "
-                                                     f"cluster")
+            raise NotFound(f"no job {job_id[:100]!r} was submitted to this cluster") from None
 
-    def Submit(self, request_iterator, context) -> pb.JobStatus:
-        from drlbox.roles.job_host import MAX_JOB_BYTES, JobRefused
+    def _submit(self, data: bytes) -> pb.JobStatus:
+        from drlbox.roles.job_host import JobRefused
 
-        first = next(request_iterator, None)
-        if first is None:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "empty submission")
-        if first.python_version != python_version():
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                          f"Python version mismatch: the cluster runs Python "
-                          f"{python_version()}, the submitting client runs Python "
-                          f"{first.python_version or '(unknown)'}; makers are pickled and only "
-                          f"load on the same Python minor version, so submit from Python "
-                          f"{python_version()}")
-        pieces, size = [first.config], len(first.config)
-        for chunk in request_iterator:
+        try:
+            return status_to_proto(self.host.submit(data))
+        except JobRefused as err:
+            raise Refused(str(err)) from None
+
+    async def Submit(self, request_iterator, context) -> pb.JobStatus:
+        from drlbox.roles.job_host import MAX_JOB_BYTES
+
+        pieces, size = [], 0
+        async for chunk in request_iterator:
+            if not pieces and chunk.python_version != python_version():
+                raise Mismatch(f"Python version mismatch: the cluster runs Python "
+                               f"{python_version()}, the submitting client runs Python "
+                               f"{chunk.python_version[:20] or '(unknown)'}; makers are "
+                               f"pickled and only load on the same Python minor version, so "
+                               f"submit from Python {python_version()}")
             size += len(chunk.config)
             if size > MAX_JOB_BYTES:
-                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                              f"the job is over the {MAX_JOB_BYTES} byte limit; keep data out "
-                              f"of the makers and load it in the env")
+                raise TooLarge(f"config: the job is over the {MAX_JOB_BYTES} byte limit; keep "
+                               f"data out of the makers and load it in the env")
             pieces.append(chunk.config)
+        if not pieces:
+            raise Refused("empty submission")
+        return await self.blocking.run(self._submit, serde.join_chunks(pieces))
+
+    async def GetJobStatus(self, request, context) -> pb.JobStatus:
+        return status_to_proto(await self.blocking.run(self._status, request.job_id))
+
+    async def ListJobs(self, request, context) -> pb.JobList:
+        statuses = await self.blocking.run(self.host.statuses)
+        return pb.JobList(jobs=[status_to_proto(s) for s in statuses])
+
+    def _cancel(self, job_id: str) -> JobStatus:
+        self._status(job_id)
+        return self.host.cancel(job_id)
+
+    async def Cancel(self, request, context) -> pb.JobStatus:
+        return status_to_proto(await self.blocking.run(self._cancel, request.job_id))
+
+    def _checkpoint(self, job_id: str, latest: bool, global_steps: int):
+        self._status(job_id)
         try:
-            status = self.host.submit(serde.join_chunks(pieces))
-        except JobRefused as err:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
-        return status_to_proto(status)
-
-    def GetJobStatus(self, request, context) -> pb.JobStatus:
-        return status_to_proto(self._status(request.job_id, context))
-
-    def ListJobs(self, request, context) -> pb.JobList:
-        return pb.JobList(jobs=[status_to_proto(s) for s in self.host.statuses()])
-
-    def Cancel(self, request, context) -> pb.JobStatus:
-        self._status(request.job_id, context)
-        return status_to_proto(self.host.cancel(request.job_id))
-
-    def FetchCheckpoint(self, request, context) -> Iterator[pb.FileChunk]:
-        self._status(request.job_id, context)
-        try:
-            checkpoint = self.host.checkpoint(
-                request.job_id, None if request.latest else request.global_steps)
+            return self.host.checkpoint(job_id, None if latest else global_steps)
         except LookupError as err:
-            context.abort(grpc.StatusCode.NOT_FOUND, str(err))
+            raise NotFound(str(err)) from None
+
+    async def FetchCheckpoint(self, request, context) -> AsyncIterator[pb.FileChunk]:
+        checkpoint = await self.blocking.run(self._checkpoint, request.job_id, request.latest,
+                                             request.global_steps)
         with open(checkpoint.path, "rb") as f:
             first = True
             while True:
-                data = f.read(FILE_CHUNK_BYTES)
+                data = await self.blocking.run(f.read, FILE_CHUNK_BYTES)
                 if not data and not first:
                     return
                 yield (pb.FileChunk(name=os.path.basename(checkpoint.path),
@@ -141,6 +150,8 @@ class JobControlClient:
 
 
 def add_job_control(host):
-    """A `make_server` hook that registers job control for a JobHost."""
-    return lambda grpc_server: pb_grpc.add_JobControlServicer_to_server(
-        JobControlServicer(host), grpc_server)
+    """A `make_server` hook that serves job control for a JobHost."""
+    servicer = JobControlServicer(host)
+    service = pb.DESCRIPTOR.services_by_name["JobControl"]
+    return lambda grpc_server: grpc_server.add_generic_rpc_handlers(
+        (service_handler(service, servicer),))

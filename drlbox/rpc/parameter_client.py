@@ -108,12 +108,15 @@ class ParameterClient:
         return Job.decode(self.job_id, serde.join_chunks(c.makers for c in chunks))
 
     def fetch_settings(self) -> tuple[str, dict]:
-        """(job_id, plain settings) of the running job, without unpickling its makers."""
+        """(job_id, plain settings and "rollout_spec") of the running job, without unpickling
+        its makers."""
         call = self.stub.GetJob(pb.JobRequest(python_version=python_version()),
                                 timeout=self.timeout)
         first = next(call)
         call.cancel()
-        return first.job_id, json.loads(first.config_json)
+        settings = json.loads(first.config_json)
+        settings["rollout_spec"] = json.loads(first.rollout_spec_json or "null")
+        return first.job_id, settings
 
     def get_shards(self) -> pb.ShardMap:
         """Where each slice of the job's weights is served now."""

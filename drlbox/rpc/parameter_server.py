@@ -11,18 +11,18 @@ from __future__ import annotations
 
 import json
 import threading
-from typing import Any, Iterator
+from typing import Any, AsyncIterator
 
-import grpc
 import numpy as np
 from google.protobuf.message import DecodeError
 
 from drlbox.jobs import Job, check_python_version
 from drlbox.roles.interfaces import (Checkpoint, Evaluation, JobStatus, PushResult, ShardReply,
                                      WorkerReport)
+from drlbox.roles.limits import Mismatch, NotFound, Refused, TooLarge
 from drlbox.rpc import serde
 from drlbox.rpc.generated import parameter_server_pb2 as pb
-from drlbox.rpc.generated import parameter_server_pb2_grpc as pb_grpc
+from drlbox.rpc.handlers import Blocking, service_handler
 
 SERVICE = "drlbox.v1.ParameterServer"
 
@@ -91,27 +91,36 @@ def peer_host(peer: str) -> str:
     return host if not host.startswith("[") or host.endswith("]") else host + "]"
 
 
-class ParameterServerServicer(pb_grpc.ParameterServerServicer):
+class ParameterServerServicer:
     """Serves the job table `jobs` (see the module's docstring)."""
 
     def __init__(self, jobs):
         self.jobs = jobs
+        self.blocking = Blocking(threads=8, name="parameter-server")
         self._cache_lock = threading.Lock()
         self._job_bytes: tuple = (None, b"")    # (job_id, encoded job) of the running job
         self._weight_frames: dict = {}          # (job, slice) -> (versions, data frames)
 
     # --- finding the job -------------------------------------------------------------------
-    def _server(self, job_id: str, context: grpc.ServicerContext):
+    def _server(self, job_id: str):
         server = self.jobs.server_for(job_id)
         if server is None:
-            self._not_running(job_id, context)
+            self._not_running(job_id)
         return server
 
-    def _not_running(self, job_id: str, context: grpc.ServicerContext) -> None:
+    def _not_running(self, job_id: str) -> None:
         current = self.jobs.current()
         where = (f"this parameter server runs job {current.job_id!r}" if current is not None
                  else "no job runs here now")
-        context.abort(grpc.StatusCode.NOT_FOUND, f"job {job_id!r} is not running; {where}")
+        raise NotFound(f"job {job_id[:100]!r} is not running; {where}")
+
+    def _slice(self, job_id: str, index: int):
+        target = self.jobs.slice_for(job_id, index)
+        if target is None:
+            if self.jobs.server_for(job_id) is not None:
+                raise NotFound(f"job {job_id!r} has no slice {index} here")
+            self._not_running(job_id)
+        return target
 
     def _encoded_job(self, job: Job) -> bytes:
         with self._cache_lock:
@@ -119,90 +128,52 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
                 self._job_bytes = (job.job_id, job.encode())
             return self._job_bytes[1]
 
-    def GetJob(self, request, context) -> Iterator[pb.JobChunk]:
+    def _join(self, python: str) -> tuple[list, int]:
         try:
-            check_python_version(request.python_version, who="the caller")
+            check_python_version(python[:20], who="the caller")
         except RuntimeError as err:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(err))
+            raise Mismatch(str(err)) from None
         running = self.jobs.running()
         if running is None:
-            context.abort(grpc.StatusCode.NOT_FOUND, "no job runs here now; waiting for one")
+            raise NotFound("no job runs here now; waiting for one")
         job, server = running
-        data = self._encoded_job(job)
-        index = self.jobs.next_worker_index(job.job_id)
-        for i, piece in enumerate(serde.split_chunks(data)):
-            yield (pb.JobChunk(job_id=job.job_id, config_json=job.settings_json(),
-                               makers=piece, worker_index=index,
-                               shards=shard_infos(server.shard_map())) if i == 0
-                   else pb.JobChunk(makers=piece))
+        first = dict(job_id=job.job_id, config_json=job.settings_json(),
+                     worker_index=self.jobs.next_worker_index(job.job_id),
+                     shards=shard_infos(server.shard_map()),
+                     rollout_spec_json=json.dumps(server.rollout_spec))
+        return serde.split_chunks(self._encoded_job(job)), first
 
-    def GetShards(self, request, context) -> pb.ShardMap:
-        server = self._server(request.job_id, context)
+    async def GetJob(self, request, context) -> AsyncIterator[pb.JobChunk]:
+        pieces, first = await self.blocking.run(self._join, request.python_version)
+        for i, piece in enumerate(pieces):
+            yield pb.JobChunk(makers=piece, **first) if i == 0 else pb.JobChunk(makers=piece)
+
+    def _shard_map(self, job_id: str) -> pb.ShardMap:
+        server = self._server(job_id)
         return pb.ShardMap(shards=shard_infos(server.shard_map()), complete=server.ready)
 
+    async def GetShards(self, request, context) -> pb.ShardMap:
+        return await self.blocking.run(self._shard_map, request.job_id)
+
     # --- exchanges -------------------------------------------------------------------------
-    def Exchange(self, request_iterator, context) -> Iterator[bytes]:
-        frames = (self._decode(raw, context) for raw in request_iterator)
-        for raw_header, data in frames:
+    async def Exchange(self, request_iterator, context) -> AsyncIterator[bytes]:
+        frames = request_iterator.__aiter__()
+        async for raw in frames:
+            raw_header, data = _decode(raw)
             if raw_header is None:
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                              "an exchange must start with a frame that has a header")
+                raise Refused("an exchange must start with a frame that has a header")
             try:
                 header = pb.RequestHeader.FromString(raw_header)
             except DecodeError as err:
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed header: {err}")
-            target = self.jobs.slice_for(header.job_id, header.shard)
-            if target is None:
-                if self.jobs.server_for(header.job_id) is not None:
-                    context.abort(grpc.StatusCode.NOT_FOUND, f"job {header.job_id!r} has no "
-                                                             f"slice {header.shard} here")
-                self._not_running(header.job_id, context)
-            gradient = self._gradient(header, data, frames, target.size, context)
+                raise Refused(f"header: not a valid RequestHeader: {err}") from None
+            target = self._slice(header.job_id, header.shard)
+            gradient = await _read_gradient(header, data, frames, target.size)
             report = report_from_proto(header.report) if header.HasField("report") else None
-            try:
-                result, reply = target.exchange(gradient, header.base_version, report,
-                                                header.newer_than, header.aux_newer_than,
-                                                header.pull)
-            except ValueError as err:
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"gradients refused: {err}")
-            yield from self._reply_frames(header, target, result, reply)
-
-    @staticmethod
-    def _decode(raw: bytes, context) -> tuple[bytes | None, memoryview]:
-        try:
-            return serde.decode_frame(raw)
-        except ValueError as err:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
-
-    @staticmethod
-    def _gradient(header: pb.RequestHeader, data: memoryview, frames: Iterator,
-                  size: int, context) -> np.ndarray | None:
-        """The gradient slice the header announces, read from this and the next frames."""
-        count = header.gradient_values
-        if count == 0:
-            if len(data):
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                              "gradient_values is 0 but the frame carries data")
-            return None
-        if count != size:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                          f"gradient_values is {count}; slice {header.shard} of job "
-                          f"{header.job_id!r} has {size} weights")
-        reader = serde.ValueReader(count, serde.bfloat16() if header.gradient_bfloat16
-                                   else serde.FLOAT32)
-        try:
-            reader.add(data)
-            while not reader.done:
-                more_header, piece = next(frames)
-                if more_header is not None:
-                    raise ValueError("a new exchange began before the gradient was complete")
-                reader.add(piece)
-        except StopIteration:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                          "the stream ended before the gradient was complete")
-        except ValueError as err:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"gradient_values: {err}")
-        return reader.values()
+            result, reply = await self.blocking.run(
+                target.exchange, gradient, header.base_version, report, header.newer_than,
+                header.aux_newer_than, header.pull)
+            for frame in self._reply_frames(header, target, result, reply):
+                yield frame
 
     def _reply_frames(self, header: pb.RequestHeader, target: Any, result: PushResult,
                       reply: ShardReply) -> list[bytes]:
@@ -229,82 +200,119 @@ class ParameterServerServicer(pb_grpc.ParameterServerServicer):
         frames = [serde.encode_frame(None, data[i:i + serde.FRAME_DATA_BYTES])
                   for i in range(0, len(data), serde.FRAME_DATA_BYTES)]
         with self._cache_lock:
-            self._weight_frames[key] = (versions, frames)
+            self._weight_frames = {key: (versions, frames)}
         return frames
 
     # --- the job's counters ----------------------------------------------------------------
-    def ReportEvaluation(self, request, context) -> pb.PushReply:
-        server = self._server(request.job_id, context)
-        result = server.report_evaluation(request.global_steps, list(request.returns))
-        return push_reply(result)
+    def _evaluation(self, job_id: str, global_steps: int, returns: list) -> pb.PushReply:
+        return push_reply(self._server(job_id).report_evaluation(global_steps, returns))
 
-    def GetStatus(self, request, context) -> pb.JobStatus:
-        if request.job_id:
-            return status_to_proto(self._server(request.job_id, context).status())
+    async def ReportEvaluation(self, request, context) -> pb.PushReply:
+        return await self.blocking.run(self._evaluation, request.job_id, request.global_steps,
+                                       list(request.returns))
+
+    def _status(self, job_id: str) -> pb.JobStatus:
+        if job_id:
+            return status_to_proto(self._server(job_id).status())
         current = self.jobs.current()
         if current is None:
-            context.abort(grpc.StatusCode.NOT_FOUND, "no job runs here now")
+            raise NotFound("no job runs here now")
         return status_to_proto(current.status())
 
-    def Stop(self, request, context) -> pb.JobStatus:
-        server = self._server(request.job_id, context)
-        server.stop(request.reason or "stopped on request")
+    async def GetStatus(self, request, context) -> pb.JobStatus:
+        return await self.blocking.run(self._status, request.job_id)
+
+    def _stop(self, job_id: str, reason: str) -> pb.JobStatus:
+        server = self._server(job_id)
+        server.stop(reason or "stopped on request")
         return status_to_proto(server.status())
 
+    async def Stop(self, request, context) -> pb.JobStatus:
+        return await self.blocking.run(self._stop, request.job_id, request.reason)
+
     # --- shard processes -------------------------------------------------------------------
-    def JoinShard(self, request, context) -> Iterator[pb.StateChunk]:
+    def _assignment(self, address: str) -> tuple[str, dict, bytes]:
         server = self.jobs.current()
         if server is None:
-            context.abort(grpc.StatusCode.NOT_FOUND, "no job runs here now; waiting for one")
-        address = request.address or f"{peer_host(context.peer())}:{request.port}"
+            raise NotFound("no job runs here now; waiting for one")
         assignment = server.assignment(address)
         if assignment is None:
-            context.abort(grpc.StatusCode.NOT_FOUND,
-                          f"every slice of job {server.job_id!r} is served")
+            raise NotFound(f"every slice of job {server.job_id!r} is served")
         settings, state = assignment
-        for i, piece in enumerate(serde.split_chunks(serde.encode_state(state))):
-            yield (pb.StateChunk(job_id=server.job_id, shard=settings["index"],
+        return server.job_id, settings, serde.encode_state(state)
+
+    async def JoinShard(self, request, context) -> AsyncIterator[pb.StateChunk]:
+        if not 0 <= request.port <= 65535:
+            raise Refused(f"port: must be between 1 and 65535, got {request.port}")
+        address = request.address or f"{peer_host(context.peer())}:{request.port}"
+        job_id, settings, state = await self.blocking.run(self._assignment, address)
+        for i, piece in enumerate(serde.split_chunks(state)):
+            yield (pb.StateChunk(job_id=job_id, shard=settings["index"],
                                  settings_json=json.dumps(settings), address=address,
                                  data=piece) if i == 0 else pb.StateChunk(data=piece))
 
-    def ShardReady(self, request, context) -> pb.ShardReadyReply:
-        server = self._server(request.job_id, context)
-        return pb.ShardReadyReply(accepted=server.slots.ready(request.shard, request.address))
+    def _ready(self, job_id: str, index: int, address: str) -> pb.ShardReadyReply:
+        return pb.ShardReadyReply(accepted=self._server(job_id).slots.ready(index, address))
 
-    def Snapshot(self, request, context) -> Iterator[pb.StateChunk]:
-        target = self.jobs.slice_for(request.job_id, request.shard)
+    async def ShardReady(self, request, context) -> pb.ShardReadyReply:
+        return await self.blocking.run(self._ready, request.job_id, request.shard,
+                                       request.address)
+
+    def _snapshot(self, job_id: str, index: int) -> bytes:
+        target = self.jobs.slice_for(job_id, index)
         if target is None:
-            context.abort(grpc.StatusCode.NOT_FOUND,
-                          f"slice {request.shard} of job {request.job_id!r} is not served here")
-        for piece in serde.split_chunks(serde.encode_state(target.snapshot())):
+            raise NotFound(f"slice {index} of job {job_id[:100]!r} is not served here")
+        return serde.encode_state(target.snapshot())
+
+    async def Snapshot(self, request, context) -> AsyncIterator[pb.StateChunk]:
+        state = await self.blocking.run(self._snapshot, request.job_id, request.shard)
+        for piece in serde.split_chunks(state):
             yield pb.StateChunk(job_id=request.job_id, shard=request.shard, data=piece)
 
 
+def _decode(raw: bytes) -> tuple[bytes | None, memoryview]:
+    try:
+        return serde.decode_frame(raw)
+    except ValueError as err:
+        raise Refused(str(err)) from None
+
+
+async def _read_gradient(header: pb.RequestHeader, data: memoryview, frames: AsyncIterator,
+                         size: int) -> np.ndarray | None:
+    """The gradient slice the header announces, read from this and the next frames; refused
+    as soon as it does not fit the slice, without reading the rest."""
+    count = header.gradient_values
+    if count == 0:
+        if len(data):
+            raise Refused("gradient_values is 0 but the frame carries data")
+        return None
+    if count != size:
+        raise Refused(f"gradient_values is {count}; slice {header.shard} of job "
+                      f"{header.job_id!r} has {size} weights")
+    reader = serde.ValueReader(count, serde.bfloat16() if header.gradient_bfloat16
+                               else serde.FLOAT32)
+    try:
+        reader.add(data)
+        while not reader.done:
+            more_header, piece = _decode(await frames.__anext__())
+            if more_header is not None:
+                raise Refused("a new exchange began before the gradient was complete")
+            reader.add(piece)
+    except StopAsyncIteration:
+        raise Refused("the stream ended before the gradient was complete") from None
+    except Refused:
+        raise
+    except ValueError as err:
+        raise TooLarge(f"gradient_values: {err}") from None
+    return reader.values()
+
+
 def add_parameter_server(jobs):
-    """A `make_server` hook that registers the parameter server service for a job table.
+    """A `make_server` hook that serves the parameter server service for a job table.
 
     Exchange frames bypass protobuf's (copying) codec; every other method uses it.
     """
     servicer = ParameterServerServicer(jobs)
-
-    def add(grpc_server: grpc.Server) -> None:
-        handlers = {}
-        for method in pb.DESCRIPTOR.services_by_name["ParameterServer"].methods:
-            name = method.name
-            if name == "Exchange":
-                handlers[name] = grpc.stream_stream_rpc_method_handler(servicer.Exchange)
-                continue
-            request_class = getattr(pb, method.input_type.name)
-            response_class = getattr(pb, method.output_type.name)
-            kind = {(False, False): grpc.unary_unary_rpc_method_handler,
-                    (False, True): grpc.unary_stream_rpc_method_handler,
-                    (True, False): grpc.stream_unary_rpc_method_handler,
-                    (True, True): grpc.stream_stream_rpc_method_handler}[
-                (method.client_streaming, method.server_streaming)]
-            handlers[name] = kind(getattr(servicer, name),
-                                  request_deserializer=request_class.FromString,
-                                  response_serializer=response_class.SerializeToString)
-        grpc_server.add_generic_rpc_handlers(
-            (grpc.method_handlers_generic_handler(SERVICE, handlers),))
-
-    return add
+    service = pb.DESCRIPTOR.services_by_name["ParameterServer"]
+    return lambda grpc_server: grpc_server.add_generic_rpc_handlers(
+        (service_handler(service, servicer, raw=("Exchange",)),))

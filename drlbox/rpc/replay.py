@@ -1,13 +1,14 @@
 """gRPC service and client for the replay role (no TensorFlow on either side)."""
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from typing import AsyncIterator, Sequence
 
-import grpc
 import numpy as np
 
 from drlbox.roles.interfaces import ReplaySample
+from drlbox.roles.limits import NotFound, Refused, TooLarge
 from drlbox.rpc import serde
+from drlbox.rpc.handlers import Blocking, service_handler
 from drlbox.rpc.generated import replay_pb2 as pb
 from drlbox.rpc.generated import replay_pb2_grpc as pb_grpc
 from drlbox.rpc.security import Security
@@ -16,57 +17,72 @@ from drlbox.rpc.server import make_channel
 CALL_TIMEOUT = 120.0
 
 
-class ReplayServicer(pb_grpc.ReplayServerServicer):
+class ReplayServicer:
     """Serves the replay memory of the running job (a `drlbox.roles.replay.ReplayTable`)."""
 
     def __init__(self, table):
         self.table = table
+        self.blocking = Blocking(threads=4, name="replay")
 
-    def _service(self, job_id: str, context):
+    def _service(self, job_id: str):
         service = self.table.for_job(job_id)
         if service is None:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"job {job_id!r} is not known here; this "
-                                                     f"replay server holds job "
-                                                     f"{self.table.job_id!r}")
+            raise NotFound(f"job {job_id[:100]!r} is not known here; this replay server holds "
+                           f"job {self.table.job_id!r}")
         return service
 
     @staticmethod
     def _info(service) -> pb.ReplayInfo:
         return pb.ReplayInfo(size=len(service), ready=service.ready)
 
-    def Insert(self, request_iterator, context) -> pb.ReplayInfo:
-        first = next(request_iterator, None)
-        if first is None:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "empty insert")
-        service = self._service(first.job_id, context)
+    def _insert(self, service, data: bytes) -> pb.ReplayInfo:
         try:
-            lists, _, _ = serde.decode_rollouts(
-                serde.join_chunks([first.data] + [c.data for c in request_iterator]))
+            lists, _, _ = serde.decode_rollouts(data)
         except ValueError as err:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"rollouts refused: {err}")
+            raise Refused(f"rollouts refused: {err}") from None
         service.insert(lists)
         return self._info(service)
 
-    def Sample(self, request, context) -> Iterator[pb.ReplayChunk]:
-        service = self._service(request.job_id, context)
-        if request.batch_size < 1:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                          f"batch_size must be >= 1, got {request.batch_size}")
-        sample = service.sample(request.batch_size)
+    async def Insert(self, request_iterator, context) -> pb.ReplayInfo:
+        """Rollout lists, chunked; refused as soon as they pass what the job can send."""
+        pieces, size, service = [], 0, None
+        async for chunk in request_iterator:
+            if service is None:
+                service = await self.blocking.run(self._service, chunk.job_id)
+            size += len(chunk.data)
+            limit = service.max_insert_bytes
+            if limit is not None and size > limit:
+                raise TooLarge(f"data: the lists are over the {limit} bytes this job's "
+                               f"inserts can hold")
+            pieces.append(chunk.data)
+        if service is None:
+            raise Refused("empty insert")
+        return await self.blocking.run(self._insert, service, serde.join_chunks(pieces))
+
+    def _sample(self, job_id: str, batch_size: int) -> bytes | None:
+        service = self._service(job_id)
+        if batch_size < 1:
+            raise Refused(f"batch_size must be >= 1, got {batch_size}")
+        sample = service.sample(batch_size)
         if sample is None:
+            return None
+        return serde.encode_rollouts(sample.lists, sample.keys, sample.weights)
+
+    async def Sample(self, request, context) -> AsyncIterator[pb.ReplayChunk]:
+        data = await self.blocking.run(self._sample, request.job_id, request.batch_size)
+        if data is None:
             return
-        data = serde.encode_rollouts(sample.lists, sample.keys, sample.weights)
         for piece in serde.split_chunks(data):
             yield pb.ReplayChunk(job_id=request.job_id, data=piece)
 
-    def UpdatePriorities(self, request, context) -> pb.ReplayInfo:
-        service = self._service(request.job_id, context)
-        try:
-            service.update_priorities(np.asarray(request.keys, np.int64),
-                                      np.asarray(request.priorities, np.float64))
-        except ValueError as err:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
+    def _update(self, job_id: str, keys: list, priorities: list) -> pb.ReplayInfo:
+        service = self._service(job_id)
+        service.update_priorities(np.asarray(keys, np.int64), np.asarray(priorities, np.float64))
         return self._info(service)
+
+    async def UpdatePriorities(self, request, context) -> pb.ReplayInfo:
+        return await self.blocking.run(self._update, request.job_id, list(request.keys),
+                                       list(request.priorities))
 
 
 class ReplayClient:
@@ -104,6 +120,8 @@ class ReplayClient:
 
 
 def add_replay(table):
-    """A `make_server` hook that registers the replay service for a ReplayTable."""
-    return lambda grpc_server: pb_grpc.add_ReplayServerServicer_to_server(
-        ReplayServicer(table), grpc_server)
+    """A `make_server` hook that serves the replay service for a ReplayTable."""
+    servicer = ReplayServicer(table)
+    service = pb.DESCRIPTOR.services_by_name["ReplayServer"]
+    return lambda grpc_server: grpc_server.add_generic_rpc_handlers(
+        (service_handler(service, servicer),))

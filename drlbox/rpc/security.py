@@ -10,6 +10,9 @@ import hmac
 from dataclasses import dataclass
 
 import grpc
+import grpc.aio
+
+from drlbox.rpc.handlers import refusal
 
 AUTH_KEY = "authorization"
 _OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
@@ -65,30 +68,25 @@ def _read(path: str, what: str) -> bytes:
         raise ValueError(f"cannot read the {what} {path!r}: {err.strerror}") from None
 
 
-def refuse_call(code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
-    """A handler that refuses the call with `code` and `message`."""
-    def abort(request_or_iterator, context):
-        context.abort(code, message)
-    # Any handler kind aborts the same way, before the real handler reads anything.
-    return grpc.unary_unary_rpc_method_handler(abort)
-
-
-class TokenInterceptor(grpc.ServerInterceptor):
-    """Refuse every call without the right bearer token (health checks excepted)."""
+class TokenInterceptor(grpc.aio.ServerInterceptor):
+    """Refuse every call without the right bearer token (health checks excepted), before its
+    handler reads anything."""
 
     def __init__(self, token: str):
         self._expected = f"Bearer {token}".encode()
 
-    def intercept_service(self, continuation, handler_call_details):
+    async def intercept_service(self, continuation, handler_call_details):
         if handler_call_details.method.startswith(_OPEN_PREFIXES):
-            return continuation(handler_call_details)
+            return await continuation(handler_call_details)
         given = dict(handler_call_details.invocation_metadata or ()).get(AUTH_KEY)
         if given is None:
-            return refuse_call(grpc.StatusCode.UNAUTHENTICATED,
-                               "this drlbox service needs a token: pass token=... to the "
-                               "client, or set DRLBOX_TOKEN (or DRLBOX_TOKEN_FILE) for a role")
-        if not hmac.compare_digest(given.encode(), self._expected):
-            return refuse_call(grpc.StatusCode.UNAUTHENTICATED,
-                               "the token is wrong: use the cluster's token (`make token` "
-                               "prints the compose cluster's)")
-        return continuation(handler_call_details)
+            return refusal(await continuation(handler_call_details),
+                           grpc.StatusCode.UNAUTHENTICATED,
+                           "this drlbox service needs a token: pass token=... to the "
+                           "client, or set DRLBOX_TOKEN (or DRLBOX_TOKEN_FILE) for a role")
+        if not hmac.compare_digest(given.encode(errors="replace"), self._expected):
+            return refusal(await continuation(handler_call_details),
+                           grpc.StatusCode.UNAUTHENTICATED,
+                           "the token is wrong: use the cluster's token (`make token` "
+                           "prints the compose cluster's)")
+        return await continuation(handler_call_details)

@@ -1,15 +1,19 @@
 """One way to make a gRPC server and a channel: limits, protocol check, token, TLS, health."""
 from __future__ import annotations
 
+import asyncio
 import json
-from concurrent import futures
-from typing import Callable, Iterable
+import threading
+from typing import Any, Callable, Iterable
 
 import grpc
+import grpc.aio
 import grpc.experimental
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
 
-from drlbox.rpc.security import AUTH_KEY, Security, TokenInterceptor, refuse_call
+from drlbox.rpc.handlers import refusal
+from drlbox.rpc.security import AUTH_KEY, Security, TokenInterceptor
 
 PROTOCOL_VERSION = "3"
 PROTOCOL_KEY = "drlbox-protocol"
@@ -34,54 +38,102 @@ class PortInUseError(OSError):
     """A role could not bind its port."""
 
 
-class _ProtocolInterceptor(grpc.ServerInterceptor):
+class _ProtocolInterceptor(grpc.aio.ServerInterceptor):
     """Refuse calls from peers that speak another drlbox protocol version, before any work."""
 
-    def intercept_service(self, continuation, handler_call_details):
+    async def intercept_service(self, continuation, handler_call_details):
         if handler_call_details.method.startswith("/grpc.health."):
-            return continuation(handler_call_details)
+            return await continuation(handler_call_details)
         version = dict(handler_call_details.invocation_metadata or ()).get(PROTOCOL_KEY)
         if version == PROTOCOL_VERSION:
-            return continuation(handler_call_details)
+            return await continuation(handler_call_details)
         message = (f"this server speaks drlbox protocol {PROTOCOL_VERSION}, the caller "
-                   f"{'sent none' if version is None else 'speaks ' + repr(version)}; "
+                   f"{'sent none' if version is None else 'speaks ' + repr(version[:40])}; "
                    f"run the same drlbox version on both sides")
-        return refuse_call(grpc.StatusCode.FAILED_PRECONDITION, message)
+        return refusal(await continuation(handler_call_details),
+                       grpc.StatusCode.FAILED_PRECONDITION, message)
 
 
-def make_server(port: int, add_servicers: Iterable[Callable[[grpc.Server], None]],
+class RoleServer:
+    """A gRPC server on an asyncio event loop of its own thread.
+
+    Streaming calls are coroutines: an idle or slow stream holds no thread, so no number of
+    them starves the health check or other callers. The rest of a role stays plain threads;
+    `stop(grace)` returns an event that is set once the server has stopped.
+    """
+
+    def __init__(self, interceptors: list, setup: Callable[[grpc.aio.Server], int]):
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
+                                        name="grpc-server")
+        self._thread.start()
+        self._server = None
+        try:
+            self.port = self._call(self._start(interceptors, setup))
+        except BaseException:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            raise
+
+    def _call(self, coroutine) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    async def _start(self, interceptors: list, setup: Callable) -> int:
+        self._server = grpc.aio.server(interceptors=interceptors, options=_OPTIONS)
+        port = setup(self._server)
+        await self._server.start()
+        return port
+
+    def stop(self, grace: float | None) -> threading.Event:
+        """Stop taking calls, let running ones finish for `grace` seconds, then end them."""
+        stopped = threading.Event()
+
+        async def stop() -> None:
+            await self._server.stop(grace)
+            stopped.set()
+            self._loop.stop()
+
+        if self._loop.is_running():
+            asyncio.run_coroutine_threadsafe(stop(), self._loop)
+        else:
+            stopped.set()
+        return stopped
+
+
+def make_server(port: int, add_servicers: Iterable[Callable[[grpc.aio.Server], None]],
                 host: str = "127.0.0.1", max_workers: int = 8,
-                security: Security | None = None) -> tuple[grpc.Server, int]:
+                security: Security | None = None) -> tuple[RoleServer, int]:
     """Start a server with our limits, protocol check, auth and the standard health service.
 
     Returns (server, port); port 0 picks a free one. Raises PortInUseError naming the address
     when the port cannot be bound. With `security.token` every call but health checks must
-    carry it; with a certificate the port speaks TLS only.
+    carry it; with a certificate the port speaks TLS only. (`max_workers` is kept for callers
+    that size it; servicers run their blocking work in pools of their own.)
     """
     security = security or Security()
     interceptors = [_ProtocolInterceptor()]
     if security.token:
         interceptors.insert(0, TokenInterceptor(security.token))
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers),
-                         options=_OPTIONS, interceptors=interceptors)
-    for add in add_servicers:
-        add(server)
-    health_servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     address = f"{host}:{port}"
-    credentials = security.server_credentials()
-    try:
-        bound = (server.add_secure_port(address, credentials) if credentials
-                 else server.add_insecure_port(address))
-    except RuntimeError as err:
-        raise PortInUseError(f"cannot listen on {address}: {err}; is the port taken? "
-                             f"choose another port_begin") from err
-    if bound == 0:
-        raise PortInUseError(f"cannot listen on {address}; is the port taken? "
-                             f"choose another port_begin")
-    server.start()
-    health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    return server, bound
+
+    def setup(server: grpc.aio.Server) -> int:
+        for add in add_servicers:
+            add(server)
+        health_servicer = health_aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        credentials = security.server_credentials()
+        try:
+            bound = (server.add_secure_port(address, credentials) if credentials
+                     else server.add_insecure_port(address))
+        except RuntimeError as err:
+            raise PortInUseError(f"cannot listen on {address}: {err}; is the port taken? "
+                                 f"choose another port_begin") from err
+        if bound == 0:
+            raise PortInUseError(f"cannot listen on {address}; is the port taken? "
+                                 f"choose another port_begin")
+        return bound                       # the health servicer answers SERVING from the start
+
+    server = RoleServer(interceptors, setup)
+    return server, server.port
 
 
 class _MetadataClientInterceptor(grpc.UnaryUnaryClientInterceptor,

@@ -5,28 +5,31 @@ from typing import Callable
 
 from drlbox.rpc.generated import status_pb2 as pb
 from drlbox.rpc.generated import status_pb2_grpc as pb_grpc
+from drlbox.rpc.handlers import service_handler
 from drlbox.rpc.security import Security
 from drlbox.rpc.server import make_channel
 
 StatusFn = Callable[[], tuple[str, str, str, dict]]   # -> (role, state, job_id, counters)
 
 
-class RoleStatusServicer(pb_grpc.RoleStatusServicer):
+class RoleStatusServicer:
     """Answers with whatever the role's status function says now."""
 
     def __init__(self, status_fn: StatusFn):
         self.status_fn = status_fn
 
-    def Get(self, request, context) -> pb.RoleStatusReply:
+    async def Get(self, request, context) -> pb.RoleStatusReply:
         role, state, job_id, counters = self.status_fn()
         return pb.RoleStatusReply(role=role, state=state, job_id=job_id,
                                   counters={k: float(v) for k, v in counters.items()})
 
 
 def add_role_status(status_fn: StatusFn):
-    """A `make_server` hook that registers the status service."""
-    return lambda grpc_server: pb_grpc.add_RoleStatusServicer_to_server(
-        RoleStatusServicer(status_fn), grpc_server)
+    """A `make_server` hook that serves the status service."""
+    servicer = RoleStatusServicer(status_fn)
+    service = pb.DESCRIPTOR.services_by_name["RoleStatus"]
+    return lambda grpc_server: grpc_server.add_generic_rpc_handlers(
+        (service_handler(service, servicer),))
 
 
 def get_role_status(address: str, timeout: float = 10.0,

@@ -24,18 +24,20 @@ class ShardInfo(_message.Message):
     def __init__(self, address: _Optional[str] = ..., start: _Optional[int] = ..., stop: _Optional[int] = ...) -> None: ...
 
 class JobChunk(_message.Message):
-    __slots__ = ("job_id", "config_json", "makers", "worker_index", "shards")
+    __slots__ = ("job_id", "config_json", "makers", "worker_index", "shards", "rollout_spec_json")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
     MAKERS_FIELD_NUMBER: _ClassVar[int]
     WORKER_INDEX_FIELD_NUMBER: _ClassVar[int]
     SHARDS_FIELD_NUMBER: _ClassVar[int]
+    ROLLOUT_SPEC_JSON_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     config_json: str
     makers: bytes
     worker_index: int
     shards: _containers.RepeatedCompositeFieldContainer[ShardInfo]
-    def __init__(self, job_id: _Optional[str] = ..., config_json: _Optional[str] = ..., makers: _Optional[bytes] = ..., worker_index: _Optional[int] = ..., shards: _Optional[_Iterable[_Union[ShardInfo, _Mapping]]] = ...) -> None: ...
+    rollout_spec_json: str
+    def __init__(self, job_id: _Optional[str] = ..., config_json: _Optional[str] = ..., makers: _Optional[bytes] = ..., worker_index: _Optional[int] = ..., shards: _Optional[_Iterable[_Union[ShardInfo, _Mapping]]] = ..., rollout_spec_json: _Optional[str] = ...) -> None: ...
 
 class ShardsRequest(_message.Message):
     __slots__ = ("job_id",)
