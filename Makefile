@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 PLOT_STAMP := $(VENV)/.installed-plot
 
-.PHONY: install train test test-fast protos bench bench-forward bench-scale clean
+.PHONY: install train test test-fast protos bench bench-forward bench-scale chaos clean
 
 $(STAMP): setup.py pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -54,6 +54,13 @@ $(PLOT_STAMP): $(STAMP)
 
 bench-scale: $(PLOT_STAMP)
 	$(PY) benchmarks/bench_scale.py $(BENCH_SCALE_ARGS)
+
+## Faults and poisonous calls against real roles (kills, floods, bad inputs, CartPole learning
+## under faults), then >= 10,000 generated calls per RPC method; prints both tables (~1 hour).
+## CHAOS_ARGS=... / FUZZ_ARGS=... pass options (see benchmarks/chaos.py and chaos_fuzz.py --help).
+chaos: $(STAMP)
+	$(PY) benchmarks/chaos.py $(CHAOS_ARGS); held=$$?; \
+	$(PY) benchmarks/chaos_fuzz.py $(FUZZ_ARGS) && exit $$held
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache

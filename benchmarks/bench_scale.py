@@ -100,10 +100,17 @@ def start_servers(config, port_begin: int):
     run._wait_started("parameter-server", address)
     for k in range(1, config.ps_shards):
         run._spawn_shard(k, address)
-    client = ParameterClient(address, run.job.job_id, timeout=120.0)
+    client = ParameterClient(address, run.job.job_id, timeout=120.0, security=run_security(run))
     client.get_weights(-1)          # waits until every shard serves
     client.close()
     return run, [p.pid for p in run.procs.values()], address
+
+
+def run_security(run):
+    """The local run's private token, which its roles demand."""
+    from drlbox.rpc.security import Security
+
+    return Security(token=run.token)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -114,16 +121,17 @@ def cpu_seconds(pid: int) -> float:
 
 
 # --- simulated workers --------------------------------------------------------------------------
-def simulated_worker(address: str, job_id: str, index: int, rate: float | None,
+def simulated_worker(address: str, job_id: str, token: str, index: int, rate: float | None,
                      start_at: float, stop_at: float, shards: int, compress: bool,
                      out: "mp.Queue") -> None:
     """Push real-size gradients and take weights back as a rollout worker does; no TF here."""
     from drlbox.launch.processes import keep_freed_memory
     from drlbox.roles.interfaces import WorkerReport
     from drlbox.rpc.parameter_client import ParameterClient
+    from drlbox.rpc.security import Security
 
     keep_freed_memory()                 # as a worker process does
-    params = ParameterClient(address, job_id, timeout=60.0)
+    params = ParameterClient(address, job_id, timeout=60.0, security=Security(token=token))
     params.compress_gradients = compress      # what fetch_job sets from the job
     first = params.get_weights(-1, -1)
     rng = np.random.default_rng(index)
@@ -171,7 +179,7 @@ class Point:
     cpu_cores: int
 
 
-def measure(address: str, job_id: str, pids: list[int], workers: int, seconds: float,
+def measure(address: str, run, pids: list[int], workers: int, seconds: float,
             rate: float | None, config) -> Point:
     """Run `workers` simulated workers; measure over the window after the warm-up."""
     from drlbox.rpc.parameter_client import ParameterClient
@@ -182,12 +190,12 @@ def measure(address: str, job_id: str, pids: list[int], workers: int, seconds: f
     start_at = time.time() + spawn_allowance + WARMUP_SECONDS
     stop_at = start_at + seconds
     procs = [ctx.Process(target=simulated_worker, daemon=True,
-                         args=(address, job_id, i, rate, start_at, stop_at, config.ps_shards,
-                               config.compress_gradients, out))
+                         args=(address, run.job.job_id, run.token, i, rate, start_at, stop_at,
+                               config.ps_shards, config.compress_gradients, out))
              for i in range(workers)]
     for proc in procs:
         proc.start()
-    status = ParameterClient(address, job_id, timeout=30.0)
+    status = ParameterClient(address, run.job.job_id, timeout=30.0, security=run_security(run))
     time.sleep(max(0.0, start_at - time.time()))
     updates0, cpu0 = status.status().updates, [cpu_seconds(p) for p in pids]
     t0 = time.time()
@@ -220,7 +228,7 @@ def run_config(name: str, model: str, extra: dict, workers: list[int], seconds: 
     points = []
     try:
         for n in workers:
-            point = measure(address, run.job.job_id, pids, n, seconds, rate, config)
+            point = measure(address, run, pids, n, seconds, rate, config)
             point.config = name
             points.append(point)
             print(format_row(point), flush=True)

@@ -110,3 +110,34 @@ def test_check_ports_free_agrees_with_make_server_on_time_wait_ports(servers):
     server.stop(0).wait()
     servers.remove(server)
     check_ports_free({"parameter server": port})   # ...so the launcher must not refuse it
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
+            sock.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback on this machine")
+def test_a_server_on_the_ipv6_loopback_serves(servers):
+    server, port = make_server(0, [], host="::1")
+    servers.append(server)
+    assert wait_healthy(f"[::1]:{port}", 10.0)
+
+
+def test_a_token_of_blanks_does_not_open_a_role_to_the_network(monkeypatch, capsys):
+    from drlbox import cli
+
+    monkeypatch.setenv("DRLBOX_TOKEN", "   ")
+    assert cli.main(["parameter-server", "--host", "0.0.0.0", "--port", "0"]) == 2
+    assert "without a token: set DRLBOX_TOKEN" in capsys.readouterr().err
+
+
+def test_a_role_s_end_is_told_plainly():
+    from drlbox.launch.local import how_it_ended
+
+    assert how_it_ended(-9) == "killed by SIGKILL"
+    assert how_it_ended(1) == "exit code 1; its error, if it printed one, is above"

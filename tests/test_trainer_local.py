@@ -118,12 +118,12 @@ def test_a_killed_worker_does_not_stop_the_run(port_base, tmp_path, capfd):
 
 
 class KillShardOnceAfter(gymnasium.Wrapper):
-    """After some steps, the first worker to claim the marker file SIGKILLs this run's
-    parameter-server shard process."""
+    """After some steps, the first worker to claim the marker file SIGKILLs this run's role
+    process whose arguments name `role` (a parameter-server shard by default)."""
 
-    def __init__(self, env, marker, steps, port_begin):
+    def __init__(self, env, marker, steps, port_begin, role=b"ps-shard"):
         super().__init__(env)
-        self.marker, self.left, self.port_begin = marker, steps, port_begin
+        self.marker, self.left, self.port_begin, self.role = marker, steps, port_begin, role
 
     def step(self, action):
         self.left -= 1
@@ -133,7 +133,7 @@ class KillShardOnceAfter(gymnasium.Wrapper):
             except FileExistsError:
                 return self.env.step(action)
             for pid in role_pids(self.port_begin):
-                if b"ps-shard" in open(f"/proc/{pid}/cmdline", "rb").read():
+                if self.role in open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0"):
                     os.kill(pid, signal.SIGKILL)
         return self.env.step(action)
 
@@ -152,6 +152,47 @@ def test_a_killed_shard_is_replaced_and_the_run_finishes(port_base, tmp_path, ca
     model = keras.models.load_model(str(tmp_path / "model_final.keras"), compile=False)
     assert len(model.outputs) == 2
     assert role_pids(base) == []
+
+
+def test_a_killed_parameter_server_resumes_from_its_last_checkpoint(port_base, tmp_path, capfd):
+    base, marker = port_base(), str(tmp_path / "killed")
+    result = make_trainer("a3c", env_maker=lambda: KillShardOnceAfter(
+                              cartpole(), marker, 2500, base, role=b"parameter-server"),
+                          feature_maker=small_features, num_parallel=2, train_steps=8000,
+                          port_begin=base, save_dir=str(tmp_path), save_interval=1000).run()
+    assert os.path.exists(marker)
+    assert "parameter-server died (killed by SIGKILL)" in capfd.readouterr().err
+    assert result.state == "done" and result.global_steps >= 8000
+    assert result.failed_roles == []
+    assert 1000 <= result.resumed_from_steps < 8000
+    steps = [c.global_steps for c in result.checkpoints]
+    assert steps == sorted(steps) and steps[0] >= 1000     # checkpoints from before the kill kept
+    assert keras.models.load_model(str(tmp_path / "model_final.keras"), compile=False)
+    assert not glob.glob(str(tmp_path / ".resume-*")) and not glob.glob(str(tmp_path / ".saving-*"))
+    assert role_pids(base) == []
+
+
+def test_a_killed_replay_server_is_replaced_and_the_run_finishes(port_base, tmp_path, capfd):
+    base, marker = port_base(), str(tmp_path / "killed")
+    result = make_trainer("dqn", env_maker=lambda: KillShardOnceAfter(
+                              cartpole(), marker, 400, base, role=b"replay"),
+                          feature_maker=small_features, num_parallel=2, train_steps=3000,
+                          port_begin=base, replay_type="uniform", batch_size=2,
+                          replay_kwargs=dict(maxlen=200, minlen=8)).run()
+    assert os.path.exists(marker)
+    assert "replay-server died (killed by SIGKILL); starting a new one" in capfd.readouterr().err
+    assert result.state == "done" and result.global_steps >= 3000
+    assert result.failed_roles == []
+
+
+def test_leftovers_of_interrupted_saves_are_removed(port_base, tmp_path):
+    for name in (".saving-abc123.keras", ".saving-zz.h5"):
+        (tmp_path / name).write_bytes(b"half a model")
+    make_trainer("a3c", env_maker=cartpole, feature_maker=small_features, num_parallel=1,
+                 train_steps=300, port_begin=port_base(), save_dir=str(tmp_path),
+                 save_interval=100).run()
+    assert not glob.glob(str(tmp_path / ".saving-*"))
+    assert (tmp_path / "model_final.keras").exists()
 
 
 def test_taken_port_is_a_clear_error(port_base):
@@ -287,3 +328,45 @@ def test_a_dead_parameter_server_is_a_clear_error(port_base):
     while role_pids(base) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert role_pids(base) == []
+
+
+def test_a_local_run_answers_only_its_own_roles(port_base):
+    """Another local user can read every process's command line, not its environment: the
+    run's token travels in the environment and every call without it is refused."""
+    import threading
+
+    import grpc
+
+    from drlbox.rpc.generated import parameter_server_pb2 as pb
+    from drlbox.rpc.generated import parameter_server_pb2_grpc as pb_grpc
+    from drlbox.rpc.server import make_channel
+
+    base = port_base()
+    trainer = make_trainer("a3c", env_maker=cartpole, feature_maker=small_features,
+                           num_parallel=1, train_steps=30_000, port_begin=base)
+    results = []
+    runner = threading.Thread(target=lambda: results.append(trainer.run()))
+    runner.start()
+    try:
+        deadline = time.monotonic() + 120
+        while len(role_pids(base)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(3)
+        for pid in role_pids(base):
+            cmdline = open(f"/proc/{pid}/cmdline", "rb").read()
+            token = dict(line.split(b"=", 1) for line in
+                         open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+                         if b"=" in line).get(b"DRLBOX_TOKEN")
+            assert token and token not in cmdline
+        with make_channel(f"127.0.0.1:{base}") as channel:
+            stub = pb_grpc.ParameterServerStub(channel)
+            for call in (lambda: stub.GetStatus(pb.StatusRequest(), timeout=10),
+                         lambda: stub.Stop(pb.StopRequest(job_id="x"), timeout=10),
+                         lambda: list(stub.GetJob(pb.JobRequest(python_version="3.11"),
+                                                  timeout=10))):
+                with pytest.raises(grpc.RpcError) as info:
+                    call()
+                assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        runner.join(300)
+    assert results and results[0].state == "done" and results[0].global_steps >= 30_000

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -19,11 +20,20 @@ from typing import Any
 import grpc
 
 from drlbox.jobs import Job
+from drlbox.launch.processes import TOKEN_VARIABLE
 from drlbox.launch.progress import Progress
+from drlbox.rpc.security import Security
 from drlbox.rpc.server import PortInUseError, wait_healthy
 
 HOST = "127.0.0.1"
 START_TIMEOUT = 180.0
+MAX_RESTARTS = 5
+# What happens when a role that can come back dies (by name, without its number).
+RESTARTS = {
+    "parameter-server": "starting a new one, which resumes the run from its last checkpoint",
+    "ps-shard-": "starting a new one, which resumes its slice from the last checkpoint",
+    "replay-server": "starting a new one (its memory starts empty; workers wait for it)",
+}
 
 
 @dataclass
@@ -42,6 +52,18 @@ class TrainResult:
     evaluations: list = field(default_factory=list)
     checkpoints: list = field(default_factory=list)    # Checkpoint(path, global_steps, ...)
     failed_roles: list = field(default_factory=list)   # e.g. ['worker-1']
+    resumed_from_steps: int = 0     # > 0: the parameter server was restarted and resumed here
+
+
+def how_it_ended(returncode: int) -> str:
+    """A role process's end in words: killed by a signal, or its exit code."""
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"killed by {name}"
+    return f"exit code {returncode}; its error, if it printed one, is above"
 
 
 def check_ports_free(ports: dict[str, int]) -> None:
@@ -78,7 +100,13 @@ class LocalRun:
     def __init__(self, config: Any):
         self.config = config
         self.job = Job.new(config)
+        # Only this run's roles know it: no other local user can stop the run, read its
+        # makers or push to it (the roles get it in their environment, not their arguments).
+        self.token = secrets.token_urlsafe(24)
         self.procs: dict[str, subprocess.Popen] = {}
+        self._restart: dict = {}
+        self._restarts: dict[str, int] = {}
+        self._last_restart = -float("inf")
         self._interrupted = False
 
     def _spawn(self, name: str, role: str, stdin: bytes | None = None, **kwargs: Any) -> None:
@@ -86,6 +114,7 @@ class LocalRun:
         # The user's makers may live in modules importable only through this process's
         # sys.path (e.g. beside their script): the roles get the same path.
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p or os.getcwd() for p in sys.path))
+        env[TOKEN_VARIABLE] = self.token
         proc = subprocess.Popen(
             [sys.executable, "-m", "drlbox.launch.role", role, json.dumps(kwargs)],
             stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL, env=env)
@@ -97,16 +126,22 @@ class LocalRun:
     def _start_roles(self, ports: dict[str, int]) -> str:
         cfg, verbose = self.config, self.config.verbose
         ps_address = f"{HOST}:{ports['parameter server']}"
-        self._spawn("parameter-server", "parameter-server", stdin=self.job.encode(),
-                    job_id=self.job.job_id, port=ports["parameter server"], verbose=verbose)
+        self._ps_address = ps_address
+        self._restart = {
+            "parameter-server": lambda: self._spawn(
+                "parameter-server", "parameter-server", stdin=self.job.encode(),
+                job_id=self.job.job_id, port=ports["parameter server"], verbose=verbose),
+            "replay-server": lambda: self._spawn(
+                "replay-server", "replay", ps_address=ps_address,
+                port=ports.get("replay server"), verbose=verbose)}
+        self._restart["parameter-server"]()
         self._wait_started("parameter-server", ps_address)
         for k in range(1, cfg.ps_shards):
-            self._spawn_shard(k, ps_address)
+            self._spawn_shard(k)
         replay_address = None
         if cfg.uses_replay:
             replay_address = f"{HOST}:{ports['replay server']}"
-            self._spawn("replay-server", "replay", ps_address=ps_address,
-                        port=ports["replay server"], verbose=verbose)
+            self._restart["replay-server"]()
             self._wait_started("replay-server", replay_address)
         for i in range(cfg.num_parallel):
             self._spawn(f"worker-{i}", "worker", ps_address=ps_address,
@@ -117,17 +152,17 @@ class LocalRun:
                         status_port=ports["evaluator"], verbose=verbose)
         return ps_address
 
-    def _spawn_shard(self, k: int, ps_address: str) -> None:
+    def _spawn_shard(self, k: int) -> None:
         """A parameter-server shard process (it takes whichever slice needs serving)."""
-        self._spawn(f"ps-shard-{k}", "ps-shard", ps_address=ps_address,
+        self._spawn(f"ps-shard-{k}", "ps-shard", ps_address=self._ps_address,
                     verbose=self.config.verbose)
 
     def _wait_started(self, name: str, address: str) -> None:
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if self.procs[name].poll() is not None:
-                raise RuntimeError(f"the {name} exited during start-up (exit code "
-                                   f"{self.procs[name].returncode}); its error is printed above")
+                raise RuntimeError(f"the {name} exited during start-up "
+                                   f"({how_it_ended(self.procs[name].returncode)})")
             if wait_healthy(address, timeout=1.0):
                 return
         raise RuntimeError(f"the {name} did not start within {START_TIMEOUT:.0f} s")
@@ -146,17 +181,22 @@ class LocalRun:
                 previous[sig] = signal.signal(sig, self._on_signal)
         try:
             ps_address = self._start_roles(ports)
-            return self._follow(ps_address)
+            result = self._follow(ps_address)
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             self._shutdown()
+        if self.config.save_dir:        # the run ended: nothing to resume any more
+            resume = os.path.join(self.config.save_dir, f".resume-{self.job.job_id}.npz")
+            if os.path.exists(resume):
+                os.remove(resume)
+        return result
 
     def _follow(self, ps_address: str) -> TrainResult:
         from drlbox.rpc.parameter_client import ParameterClient
 
-        client = ParameterClient(ps_address, self.job.job_id, timeout=30.0)
-        self._ps_address = ps_address
+        client = ParameterClient(ps_address, self.job.job_id, timeout=30.0,
+                                 security=Security(token=self.token))
         progress = Progress(self.config.verbose, self.config.train_steps,
                             f"{self.config.algorithm} x{self.config.num_parallel}")
         failed: list[str] = []
@@ -166,9 +206,12 @@ class LocalRun:
                 try:
                     status = client.status()
                 except grpc.RpcError:
-                    # The server may have died after the check above: say so plainly.
-                    self._check_roles(failed, progress, client)
-                    raise
+                    # The server may have died after the check above: restart it, or say
+                    # plainly that it cannot be; a restarted one may take a while to answer.
+                    if not (self._check_roles(failed, progress, client)
+                            or self._restarted_within(START_TIMEOUT)):
+                        raise
+                    continue
                 progress.update(status)
                 if not status.running:
                     break
@@ -184,33 +227,56 @@ class LocalRun:
         return TrainResult(status.job_id, status.state, status.message, status.global_steps,
                            status.updates, status.episodes, status.recent_return,
                            status.wall_seconds, status.train_seconds, status.evaluations,
-                           status.checkpoints, failed)
+                           status.checkpoints, failed, status.resumed_from_steps)
 
-    def _check_roles(self, failed: list, progress: Progress, client: Any) -> None:
-        """Report roles that died; stop when no worker is left."""
+    def _check_roles(self, failed: list, progress: Progress, client: Any) -> bool:
+        """Restart the roles that can be restarted, report the others; stop when no worker is
+        left. True when something was restarted."""
         workers = [name for name in self.procs if name.startswith("worker-")]
+        restarted = False
         for name, proc in list(self.procs.items()):
             if name in failed or proc.poll() in (None, 0):
                 continue
-            if name.startswith("ps-shard-"):
-                # Shard processes keep no state: a new one takes over the slice from its
-                # last snapshot (the last checkpoint; the start of the run without save_dir).
-                progress.write(f"drlbox: {name} died (exit code {proc.returncode}); starting "
-                               f"a new one, which resumes its slice from the last checkpoint")
-                self._spawn_shard(int(name.rsplit("-", 1)[1]), self._ps_address)
+            how = how_it_ended(proc.returncode)
+            if self._may_restart(name):
+                progress.write(f"drlbox: {name} died ({how}); {RESTARTS[name.rstrip('0123456789')]}")
+                self._restart_role(name)
+                restarted = True
                 continue
             failed.append(name)
             if name == "parameter-server":
-                raise RuntimeError(f"the parameter server died (exit code {proc.returncode}); "
-                                   f"training cannot go on (its error is printed above)")
+                raise RuntimeError(f"the parameter server died ({how}); training cannot go on"
+                                   + ("" if self.config.save_dir else " (with save_dir it would "
+                                      "be restarted from its last checkpoint)"))
             alive = sum(self.procs[w].poll() is None for w in workers)
             going_on = {"evaluator": "training goes on without evaluations",
-                        "replay-server": "workers cannot replay and will stop"}.get(
+                        "replay-server": "it died too often; workers cannot replay and will "
+                                         "stop"}.get(
                 name, f"training goes on with {alive} worker(s)" if alive
                 else "no worker is left, so the run stops")
-            progress.write(f"drlbox: {name} died (exit code {proc.returncode}); {going_on}")
+            progress.write(f"drlbox: {name} died ({how}); {going_on}")
         if all(name in failed for name in workers):
             client.stop(f"all {len(workers)} workers died")
+        return restarted
+
+    def _may_restart(self, name: str) -> bool:
+        """Shards and the replay server always come back; the parameter server when it has
+        checkpoints to resume from; none of them more than MAX_RESTARTS times."""
+        if name == "parameter-server" and not self.config.save_dir:
+            return False
+        restartable = name.startswith("ps-shard-") or name in self._restart
+        return restartable and self._restarts.get(name, 0) < MAX_RESTARTS
+
+    def _restarted_within(self, seconds: float) -> bool:
+        return time.monotonic() - self._last_restart < seconds
+
+    def _restart_role(self, name: str) -> None:
+        self._restarts[name] = self._restarts.get(name, 0) + 1
+        self._last_restart = time.monotonic()
+        if name.startswith("ps-shard-"):
+            self._spawn_shard(int(name.rsplit("-", 1)[1]))
+        else:
+            self._restart[name]()
 
     def _join_workers(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout

@@ -43,6 +43,17 @@ def keep_freed_memory() -> None:
         pass
 
 
+TOKEN_VARIABLE = "DRLBOX_TOKEN"
+
+
+def private_security() -> Any:
+    """The run's private token, which the launcher hands its roles in their environment (other
+    users can read a process's command line, not its environment)."""
+    from drlbox.rpc.security import Security
+
+    return Security(token=os.environ.get(TOKEN_VARIABLE) or None)
+
+
 def _child_setup(verbose: bool, role: str) -> None:
     """Common start of every role process: quiet logs, leave Ctrl-C to the launcher."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -152,11 +163,25 @@ def run_parameter_server(job_id: str, job_bytes: bytes, port: int, verbose: bool
     from drlbox.rpc.server import make_server
 
     job = Job.decode(job_id, job_bytes)
-    server_role = build_parameter_server(job, shards=job.config.ps_shards)
+    server_role = build_parameter_server(job, local_resume_file(job),
+                                         shards=job.config.ps_shards)
     server, _ = make_server(port, [add_parameter_server(SingleJob(job, server_role))],
-                            max_workers=PS_THREADS)
+                            max_workers=PS_THREADS, security=private_security())
     log.info("parameter server for job %s on port %d", job.job_id, port)
-    _serve_until_terminated(server, lambda: server_role.stop("parameter server terminated"))
+
+    def on_term() -> None:
+        server_role.stop("parameter server terminated")
+        server_role.save_final()
+
+    _serve_until_terminated(server, on_term)
+
+
+def local_resume_file(job: Any) -> str | None:
+    """Where a local run's parameter server keeps what a restart resumes from (with
+    save_dir): named after the job, so another run's file is never picked up."""
+    if not job.config.save_dir:
+        return None
+    return os.path.join(job.config.save_dir, f".resume-{job.job_id}.npz")
 
 
 def run_shard(ps_address: str, verbose: bool) -> None:
@@ -165,7 +190,7 @@ def run_shard(ps_address: str, verbose: bool) -> None:
     limit_tf_threads()
     from drlbox.launch.shard import serve_shards
 
-    serve_shards(ps_address, host="127.0.0.1", port=0)
+    serve_shards(ps_address, host="127.0.0.1", port=0, security=private_security())
 
 
 def fetch_job_when_ready(params: Any, timeout: float) -> Any:
@@ -204,13 +229,15 @@ def run_worker(ps_address: str, replay_address: str | None, index: int, status_p
     from drlbox.rpc.parameter_client import ParameterClient
     from drlbox.rpc.replay import ReplayClient
 
-    params = ParameterClient(ps_address)
+    security = private_security()
+    params = ParameterClient(ps_address, security=security)
     job = fetch_job_when_ready(params, JOB_WAIT_SECONDS)
     config = job.config
-    replay = ReplayClient(replay_address, job.job_id) if replay_address else None
+    replay = (ReplayClient(replay_address, job.job_id, security=security) if replay_address
+              else None)
     seed = None if config.seed is None else config.seed * 1009 + index + 1
     state = {"state": "starting", "job_id": job.job_id, "counters": {}}
-    server = status_server(status_port, f"worker-{index}", state)
+    server = status_server(status_port, f"worker-{index}", state, security=security)
     worker = RolloutWorker(config, params, replay, index, seed)
     state["state"] = "running"
 
@@ -251,8 +278,10 @@ def run_replay(ps_address: str, port: int, verbose: bool) -> None:
     from drlbox.rpc.replay import add_replay
     from drlbox.rpc.server import make_server
 
-    params = ParameterClient(ps_address, timeout=30.0)
-    server, _ = make_server(port, [add_replay(ReplayTable(replay_services(params)))])
+    security = private_security()
+    params = ParameterClient(ps_address, timeout=30.0, security=security)
+    server, _ = make_server(port, [add_replay(ReplayTable(replay_services(params)))],
+                            security=security)
     _serve_until_terminated(server)
 
 
@@ -285,10 +314,11 @@ def run_evaluator(ps_address: str, status_port: int, verbose: bool) -> None:
     limit_tf_threads()
     from drlbox.rpc.parameter_client import ParameterClient
 
-    params = ParameterClient(ps_address)
+    security = private_security()
+    params = ParameterClient(ps_address, security=security)
     job = fetch_job_when_ready(params, JOB_WAIT_SECONDS)
     state = {"state": "running", "job_id": job.job_id, "counters": {}}
-    server = status_server(status_port, "evaluator", state)
+    server = status_server(status_port, "evaluator", state, security=security)
     state["counters"] = {"evaluations": make_following_evaluator(params, job).run()}
     state["state"] = "done"
     server.stop(grace=0.5).wait()

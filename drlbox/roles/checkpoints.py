@@ -7,7 +7,6 @@ import os
 import tempfile
 
 import keras
-import tensorflow as tf
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +44,16 @@ class ScalarLog:
             # tf.summary needs the tensorboard package; training must not fail for its lack.
             log.warning("TensorBoard scalars are off: the tensorboard package is not installed")
             return
+        import tensorflow as tf
+
         self._writer = tf.summary.create_file_writer(os.path.join(save_dir, "tensorboard"))
 
     def write(self, step: int, scalars: dict) -> None:
         """Write name -> value scalars at `step`."""
         if self._writer is None or not scalars:
             return
+        import tensorflow as tf
+
         with self._writer.as_default(step=step):
             for name, value in scalars.items():
                 tf.summary.scalar(name, float(value))

@@ -202,6 +202,8 @@ class JobHost:
     def _finish_current(self, cancelled: bool = False) -> None:
         job, server = self._current
         record = self._records[job.job_id]
+        if not cancelled:
+            server.save_final()     # with the last pushes that arrived after the end
         status = server.status()
         if cancelled:
             status = dataclasses.replace(status, state="cancelled",

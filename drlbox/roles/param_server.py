@@ -36,6 +36,10 @@ log = logging.getLogger(__name__)
 # What a resumed job carries over besides weights and optimizer state.
 _RESUMED_COUNTERS = ("global_steps", "updates", "episodes")
 __all__ = ["GradientError", "ParameterServer", "shard_settings"]
+# A push that arrives after the job reached its end, or was stopped, carries env steps already
+# spent: it is still applied and counted (and the reply says stop). Not after a cancel.
+LATE_PUSHES_COUNT = ("running", "done", "stopped")
+TEMP_PREFIXES = (".saving-",)
 
 
 def shard_settings(config: Any, pieces: list, index: int, shards: int) -> dict:
@@ -78,7 +82,10 @@ class ParameterServer:
         self._next_save = config.save_interval
         self._scalars = ScalarLog(config.save_dir)
         self.state, self.message = "running", ""
+        self._changed_after_end = False
         self._resume_file = resume_file
+        if config.save_dir:
+            remove_leftovers(config.save_dir, resume_file)
         self.resumed_from_steps = 0
         states = self._initial_states()
         if resume_file and os.path.exists(resume_file):
@@ -150,23 +157,26 @@ class ParameterServer:
         record progress, and answer with the push result and (unless stopping) the weights."""
         if report is not None:
             check_report(report)
-        if self.state != "running":
+        if self.state not in LATE_PUSHES_COUNT:
             return self._stopped_reply()
         reply = self.shard0.exchange(gradient, base_version, newer_than, aux_newer_than, pull)
         scalars: list = []
         with self._lock:
-            if self.state != "running":      # it ended while this push was applied
+            if self.state not in LATE_PUSHES_COUNT:     # cancelled while this was applied
                 return (PushResult(reply.version, self.global_steps, True),
                         reply._replace(weights=None, aux=None))
+            if self.state != "running" and (gradient is not None or report is not None):
+                self._changed_after_end = True
             losses = {}
             if gradient is not None:
                 self.updates += 1
                 losses = self._record_update(report, reply)
             if report is not None:
                 scalars = self._record_progress(report, losses)
-            self._maybe_checkpoint()
-            if self.global_steps >= self.config.train_steps:
-                self._finish("done", f"reached train_steps={self.config.train_steps}")
+            if self.state == "running":
+                self._maybe_checkpoint()
+                if self.global_steps >= self.config.train_steps:
+                    self._finish("done", f"reached train_steps={self.config.train_steps}")
             stop = self.state != "running"
             result = PushResult(reply.version, self.global_steps, stop)
         self._scalars.write_all(scalars)        # outside the lock: one line per episode
@@ -292,6 +302,15 @@ class ParameterServer:
         if self._resume_file:
             self._save_resume_state(path, states)
 
+    def save_final(self) -> None:
+        """Save the final model again if pushes were applied after the job ended (its
+        workers' last batches), so that nothing they spent steps on is lost."""
+        with self._lock:
+            if self._changed_after_end and self.config.save_dir:
+                self._save(checkpoint_path(self.config.save_dir, None))
+                self._changed_after_end = False
+            self._scalars.flush()
+
     def save_now(self) -> None:
         """Checkpoint the running job (weights, optimizer, counters) without ending it."""
         with self._lock:
@@ -377,3 +396,18 @@ class ParameterServer:
 
 def _no_remote_shards(address: str) -> Any:
     raise RuntimeError("this parameter server was built without a way to reach shard processes")
+
+
+def remove_leftovers(save_dir: str, resume_file: str | None) -> None:
+    """Delete what an interrupted save left in save_dir: temporary model files (only this job
+    writes there) and a half-written resume file."""
+    if not os.path.isdir(save_dir):
+        return
+    for name in os.listdir(save_dir):
+        if name.startswith(TEMP_PREFIXES):
+            try:
+                os.remove(os.path.join(save_dir, name))
+            except OSError:
+                pass
+    if resume_file and os.path.exists(f"{resume_file}.tmp.npz"):
+        os.remove(f"{resume_file}.tmp.npz")

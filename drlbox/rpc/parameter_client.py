@@ -30,6 +30,7 @@ from drlbox.rpc.server import make_channel
 from drlbox.rpc.sessions import ExchangeSession, Reply, SessionError
 
 CALL_TIMEOUT = 120.0
+SHARD_WAIT_SECONDS = 600.0       # a lost shard may take a while to be replaced
 _RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND,
               grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED)
 
@@ -212,6 +213,10 @@ class ParameterClient:
             try:
                 replies.append(shard.session.receive())
             except grpc.RpcError as err:
+                if k > 0 and replies[0].header.push.stop:
+                    # The job ended: its shards may be gone already, and nothing is needed.
+                    replies.append(Reply(pb.ReplyHeader(), np.zeros(0, np.float32)))
+                    continue
                 if err.code() not in _RETRYABLE:
                     raise
                 replies.append(self._retry(k, headers[k], slices[k]))
@@ -220,7 +225,7 @@ class ParameterClient:
     def _retry(self, k: int, header: pb.RequestHeader, data: memoryview | None) -> Reply:
         """Ask shard k again: the coordinator once (its channel waits for it to come back), a
         shard process until the slice is served again (it may have moved) or time is up."""
-        deadline = time.monotonic() + self.timeout
+        deadline = time.monotonic() + max(self.timeout, SHARD_WAIT_SECONDS if k else 0.0)
         header.newer_than = header.aux_newer_than = -1     # the slice may have been restored
         data = data if data is not None else b""
         while True:

@@ -36,8 +36,9 @@ class Security:
 
         Clients use TLS with `tls_ca`, or with the system's CAs when only `tls` is set.
         """
+        token = (token or "").strip()          # a token of blanks is no token
         if token_file and not token:
-            token = _read(token_file, "token file").decode().strip()
+            token = _read(token_file, "token file").decode(errors="replace").strip()
         if bool(tls_cert) != bool(tls_key):
             raise ValueError("TLS needs both a certificate and its key (DRLBOX_TLS_CERT and "
                              "DRLBOX_TLS_KEY); only one was given")

@@ -113,7 +113,8 @@ def make_server(port: int, add_servicers: Iterable[Callable[[grpc.aio.Server], N
     interceptors = [_ProtocolInterceptor()]
     if security.token:
         interceptors.insert(0, TokenInterceptor(security.token))
-    address = f"{host}:{port}"
+    address = f"[{host}]:{port}" if ":" in host and not host.startswith("[") else \
+        f"{host}:{port}"
 
     def setup(server: grpc.aio.Server) -> int:
         for add in add_servicers:
