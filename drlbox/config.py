@@ -213,6 +213,7 @@ def _check_trainer(cfg: TrainerConfig) -> None:
     _need(_is_number(cfg.replay_ratio) and cfg.replay_ratio >= 0, "replay_ratio",
           cfg.replay_ratio, "a number >= 0 (the Poisson mean of replayed batches)")
     _need(isinstance(cfg.replay_kwargs, dict), "replay_kwargs", cfg.replay_kwargs, "a dict")
+    _check_replay_kwargs(cfg)
     if not cfg.online_learning and not cfg.uses_replay:
         raise ValueError("online_learning=False needs a replay_type, or nothing would be learned")
     _need(_is_number(cfg.opt_clip_norm) and cfg.opt_clip_norm > 0, "opt_clip_norm",
@@ -231,13 +232,31 @@ def _check_trainer(cfg: TrainerConfig) -> None:
     for name in ("acer_soft_update_ratio", "policy_eps_start", "policy_eps_end"):
         _need(_is_number(getattr(cfg, name)) and 0 <= getattr(cfg, name) <= 1, name,
               getattr(cfg, name), "a number in [0, 1]")
-    _need(cfg.seed is None or _is_int(cfg.seed), "seed", cfg.seed, "None or an integer")
+    _need(cfg.seed is None or (_is_int(cfg.seed) and cfg.seed >= 0), "seed", cfg.seed,
+          "None or an integer >= 0")
     _need(cfg.eval_interval is None or (_is_int(cfg.eval_interval) and cfg.eval_interval >= 1),
           "eval_interval", cfg.eval_interval, "None or an integer >= 1 (env steps)")
     _need(cfg.target_return is None or _is_number(cfg.target_return), "target_return",
           cfg.target_return, "None or a number")
     if cfg.target_return is not None and cfg.eval_interval is None:
         raise ValueError("target_return needs eval_interval: it is checked by evaluations")
+
+
+def _check_replay_kwargs(cfg: TrainerConfig) -> None:
+    """The replay's own rules on replay_kwargs, without building it (a server checks a
+    submitted job with this before it allocates anything)."""
+    if not cfg.uses_replay:
+        return
+    from drlbox.replay import check_replay
+
+    if "seed" in cfg.replay_kwargs:
+        raise ValueError(f"replay_kwargs={cfg.replay_kwargs!r}: the replay memory is seeded "
+                         f"from the job's seed; set seed= instead of replay_kwargs['seed']")
+    try:
+        check_replay(cfg.replay_type, seed=cfg.seed, **cfg.merged_replay_kwargs)
+    except ValueError as err:
+        raise ValueError(f"replay_kwargs={cfg.replay_kwargs!r} (merged over the defaults "
+                         f"{REPLAY_DEFAULTS}): {err}") from None
 
 
 def _check_optimizer(optimizer: Any, opt_kwargs: dict) -> None:
@@ -266,16 +285,7 @@ def trainer_config(algorithm: str, **kwargs: Any) -> TrainerConfig:
         kwargs["replay_type"] = kwargs["replay_type"].lower()
     cfg = TrainerConfig(algorithm=name, **_plain_numbers(kwargs))
     _check_trainer(cfg)
-    if cfg.uses_replay:
-        from drlbox.replay import make_replay  # checks replay_kwargs with the replay's own rules
-
-        try:
-            make_replay(cfg.replay_type, **cfg.merged_replay_kwargs)
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"replay_kwargs={cfg.replay_kwargs!r} (merged over the defaults "
-                             f"{REPLAY_DEFAULTS}): {err}") from None
     return cfg
-
 
 
 def evaluator_config(algorithm: str, **kwargs: Any) -> EvaluatorConfig:
@@ -297,7 +307,8 @@ def evaluator_config(algorithm: str, **kwargs: Any) -> EvaluatorConfig:
           f"one of {POLICY_TYPES}")
     _need(_is_number(cfg.policy_eps) and 0 <= cfg.policy_eps <= 1, "policy_eps", cfg.policy_eps,
           "a number in [0, 1]")
-    _need(cfg.seed is None or _is_int(cfg.seed), "seed", cfg.seed, "None or an integer")
+    _need(cfg.seed is None or (_is_int(cfg.seed) and cfg.seed >= 0), "seed", cfg.seed,
+          "None or an integer >= 0")
     return cfg
 
 

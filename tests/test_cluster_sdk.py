@@ -6,16 +6,18 @@ parameter-server restart test kills it mid-job and checks the job resumes and co
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
 import sys
 import time
 
+import cloudpickle
 import grpc
 import pytest
 
-from drlbox.client import Client, ClusterUnavailable
+from drlbox.client import Client, ClusterUnavailable, _user_modules_by_value
 from drlbox.config import trainer_config
 from drlbox.jobs import python_version
 from drlbox.rpc.generated import job_control_pb2 as jc_pb
@@ -251,6 +253,14 @@ def test_malformed_oversized_and_wrong_python_jobs_are_refused(client, cluster):
         python_version="3.9", algorithm="a3c", config=b"x")])
     assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "3.9" in err.details() and python_version() in err.details()
+    # A config built around the SDK's checks is checked again before anything is allocated.
+    config = dataclasses.replace(trainer_config("dqn", **cartpole_job(replay_type="uniform")),
+                                 replay_kwargs={"maxlen": 10**12})
+    with _user_modules_by_value(config):       # as the SDK sends this test's feature maker
+        data = cloudpickle.dumps(config)
+    err = _raw_submit(cluster.ps_address, [jc_pb.SubmitChunk(
+        python_version=python_version(), algorithm="dqn", config=data)])
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "maxlen" in err.details()
     assert [s.job_id for s in client.jobs()] == before
 
 
@@ -275,10 +285,11 @@ def test_parameter_server_restart_resumes_the_job_and_workers_rejoin(port_base, 
         cluster.kill("parameter-server")
         with pytest.raises(ClusterUnavailable):
             Client(cluster.ps_address, token=TOKEN, retry_seconds=1).jobs()
-        cluster.start_parameter_server()
-        # A worker killed and started again joins the running job too.
+        # A worker started while the parameter server is down joins the resumed job too. (Not
+        # started after the parameter server: the job could end before a slow start joined.)
         cluster.kill("worker-1")
         cluster.start("worker-1", "worker", cluster.worker_ports[1])
+        cluster.start_parameter_server()
         status = job.wait(timeout=300)
         assert status.state == "done", status.message
         assert status.resumed_from_steps >= 2000

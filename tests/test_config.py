@@ -239,6 +239,7 @@ BAD_VALUES = [
     ("dqn", "policy_eps_start", 2),
     ("dqn", "policy_eps_decay_steps", 0),
     ("dqn", "dqn_double", "yes"),
+    ("dqn", "seed", -1),
 ]
 
 
@@ -266,6 +267,33 @@ def test_replay_kwargs_unknown_key():
         trainer_config("impala", **BASE, replay_kwargs=dict(bogus=1))
     with pytest.raises(ValueError, match="bogus"):
         trainer_config("a3c", **BASE, replay_type="uniform", replay_kwargs=dict(bogus=1))
+
+
+@pytest.mark.parametrize("replay_kwargs,named", [
+    (dict(maxlen=-1), "maxlen"), (dict(maxlen=10**8), "maxlen"), (dict(maxlen="big"), "maxlen"),
+    (dict(minlen=-3), "minlen"), (dict(alpha=float("nan")), "alpha"), (dict(beta=2.0), "beta"),
+    (dict(seed=3), "seed=")])
+def test_bad_replay_kwargs_are_refused_without_building_a_memory(replay_kwargs, named):
+    import dataclasses
+
+    from drlbox.config import check_trainer_config
+
+    kwargs = dict(BASE, replay_type="prioritized")
+    with pytest.raises(ValueError) as info:
+        trainer_config("dqn", **kwargs, replay_kwargs=replay_kwargs)
+    assert named in str(info.value)
+    # A config that crossed a process boundary (a cluster's Submit) is checked alike.
+    config = dataclasses.replace(trainer_config("dqn", **kwargs), replay_kwargs=replay_kwargs)
+    with pytest.raises(ValueError, match=named):
+        check_trainer_config(config)
+
+
+def test_the_largest_replay_memory_is_accepted():
+    from drlbox.replay import MAX_REPLAY_LEN
+
+    cfg = trainer_config("dqn", **BASE, replay_type="uniform",
+                         replay_kwargs=dict(maxlen=MAX_REPLAY_LEN))
+    assert cfg.merged_replay_kwargs["maxlen"] == MAX_REPLAY_LEN
 
 
 def test_offline_learning_needs_replay():

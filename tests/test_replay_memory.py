@@ -182,12 +182,14 @@ def test_prioritized_rejects_unissued_keys_and_length_mismatch():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(maxlen=0), "maxlen must be an int >= 1, got 0"),
-    (dict(maxlen=2.5), "maxlen must be an int >= 1, got 2.5"),
-    (dict(maxlen=True), "maxlen must be an int >= 1, got True"),
-    (dict(maxlen="10"), "maxlen must be an int >= 1, got '10'"),
+    (dict(maxlen=0), r"maxlen must be an int in \[1, 10000000\], got 0"),
+    (dict(maxlen=2.5), r"maxlen must be an int in \[1, 10000000\], got 2.5"),
+    (dict(maxlen=True), r"maxlen must be an int in \[1, 10000000\], got True"),
+    (dict(maxlen="10"), r"maxlen must be an int in \[1, 10000000\], got '10'"),
     (dict(maxlen=10, minlen=-1), r"minlen must be an int in \[0, 10\], got -1"),
     (dict(maxlen=10, minlen=11), r"minlen must be an int in \[0, 10\], got 11"),
+    (dict(maxlen=10_000_001), r"maxlen must be an int in \[1, 10000000\], got 10000001"),
+    (dict(seed=-1), "seed must be an int >= 0, got -1"),
 ])
 @pytest.mark.parametrize("cls", BOTH)
 def test_constructor_errors_name_value_and_range(cls, kwargs, message):

@@ -237,7 +237,7 @@ def test_empty_insert_stream_is_invalid_argument(make_replay_server):
 
 # --- a job's inserts are checked against its rollout spec -----------------------------------
 def test_inserts_that_do_not_fit_the_job_are_refused_and_change_nothing(make_replay_server):
-    spec = list_spec(rollout(3, 0))
+    spec = list_spec(rollout(3, 0), num_actions=2)
     r = make_replay_server(UniformReplay(maxlen=8, minlen=1, seed=0), spec=spec,
                            rollout_maxlen=8)
     r.client.insert([rollout(8, 0), rollout(1, 1)])
@@ -257,6 +257,12 @@ def test_inserts_that_do_not_fit_the_job_are_refused_and_change_nothing(make_rep
                               "rewards: must be finite"),
         "second list bad": ([rollout(2, 4), spoiled(actions=np.zeros(4, np.int32))],
                             "lists[1]: actions"),
+        "action 7 of 2": ([spoiled(actions=np.array([0, 1, 7, 0]))],
+                          "actions: values must be 0 to 1, got 0 to 7"),
+        "negative action": ([spoiled(actions=np.array([0, -1, 0, 0]))],
+                            "actions: values must be 0 to 1"),
+        "terminated 3": ([spoiled(terminated=np.array([3], np.uint8))],
+                         "terminated: values must be 0 to 1"),
     }
     for name, (lists, expected) in cases.items():
         err = rpc_error(lambda: r.client.insert(lists))

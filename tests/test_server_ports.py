@@ -141,3 +141,31 @@ def test_a_role_s_end_is_told_plainly():
 
     assert how_it_ended(-9) == "killed by SIGKILL"
     assert how_it_ended(1) == "exit code 1; its error, if it printed one, is above"
+
+
+def test_health_answers_probes_and_refuses_what_does_not_parse(servers):
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    server, port = make_server(0, [])
+    servers.append(server)
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        assert stub.Check(health_pb2.HealthCheckRequest(), timeout=10).status == \
+            health_pb2.HealthCheckResponse.SERVING
+        watch = stub.Watch(health_pb2.HealthCheckRequest(), timeout=10)
+        assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+        watch.cancel()
+        assert stub.List(health_pb2.HealthListRequest(), timeout=10).statuses[""].status == \
+            health_pb2.HealthCheckResponse.SERVING
+        with pytest.raises(grpc.RpcError) as named:
+            stub.Check(health_pb2.HealthCheckRequest(service="drlbox.Nothing"), timeout=10)
+        assert named.value.code() == grpc.StatusCode.NOT_FOUND
+        raw = channel.unary_unary("/grpc.health.v1.Health/Check")
+        with pytest.raises(grpc.RpcError) as corrupt:
+            raw(b"\xff\xff\xff", timeout=10)
+        assert corrupt.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "HealthCheckRequest" in corrupt.value.details()
+        # The server is unharmed.
+        assert stub.Check(health_pb2.HealthCheckRequest(), timeout=10).status == \
+            health_pb2.HealthCheckResponse.SERVING

@@ -148,9 +148,10 @@ def rollout_spec(config: Any, env: Any, algorithm: Any, model: Any) -> dict:
         return [np.asarray(outputs[0] if isinstance(outputs, (list, tuple)) else outputs)]
 
     rng = np.random.default_rng(0)
-    return list_spec(example_list(env, config.state_to_input or (lambda obs: obs), predict,
-                                  lambda outputs, steps: algorithm.act(outputs, rng, steps),
-                                  config.rollout_maxlen, algorithm.behaviour_size))
+    example = example_list(env, config.state_to_input or (lambda obs: obs), predict,
+                           lambda outputs, steps: algorithm.act(outputs, rng, steps),
+                           config.rollout_maxlen, algorithm.behaviour_size)
+    return list_spec(example, getattr(env.action_space, "n", None))
 
 
 def run_parameter_server(job_id: str, job_bytes: bytes, port: int, verbose: bool) -> None:

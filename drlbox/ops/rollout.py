@@ -76,23 +76,28 @@ def pack_lists(lists: Sequence[RolloutList], discount: float,
 _LEADING = {"obs": 1, "actions": 0, "rewards": 0, "behaviour": 0, "terminated": None}
 
 
-def list_spec(example: RolloutList) -> dict[str, list]:
-    """{name: [dtype, shape after the leading dimension]} of a job's rollout lists, read off
-    one list a worker would make (plain data, for JSON)."""
-    return {name: [example[name].dtype.str, list(example[name].shape[1:])]
+def list_spec(example: RolloutList, num_actions: int | None = None) -> dict[str, list]:
+    """{name: [dtype, shape after the leading dimension(, values' exclusive upper bound)]} of
+    a job's rollout lists, read off one list a worker would make (plain data, for JSON).
+    With `num_actions` (a discrete action space) actions are indices below it."""
+    spec = {name: [example[name].dtype.str, list(example[name].shape[1:])]
             for name in _LEADING}
+    spec["terminated"].append(2)
+    if num_actions is not None:
+        spec["actions"].append(int(num_actions))
+    return spec
 
 
 def check_list(rollout: RolloutList, spec: dict[str, list], maxlen: int) -> None:
     """ValueError naming the array, unless `rollout` is a list this job makes: the same names,
-    dtypes and shapes, 1 to `maxlen` steps, and finite floats."""
+    dtypes and shapes, 1 to `maxlen` steps, finite floats and integers within their bounds."""
     if set(rollout) != set(spec):
         raise ValueError(f"a rollout list holds {sorted(rollout)}, this job's hold "
                          f"{sorted(spec)}")
     steps = rollout["rewards"].shape[0] if rollout["rewards"].ndim else -1
     if not 1 <= steps <= maxlen:
         raise ValueError(f"rewards: a list has 1 to {maxlen} steps, got {steps}")
-    for name, (dtype, shape) in spec.items():
+    for name, (dtype, shape, *bound) in spec.items():
         array, extra = rollout[name], _LEADING[name]
         leading = 1 if extra is None else steps + extra
         if array.dtype.str != dtype or array.shape != (leading, *shape):
@@ -100,12 +105,15 @@ def check_list(rollout: RolloutList, spec: dict[str, list], maxlen: int) -> None
                              f"got {array.dtype.name} {array.shape}")
         if array.dtype.kind == "f" and not np.isfinite(array).all():
             raise ValueError(f"{name}: must be finite")
+        if bound and array.size and not (array.min() >= 0 and array.max() < bound[0]):
+            raise ValueError(f"{name}: values must be 0 to {bound[0] - 1}, got "
+                             f"{array.min()} to {array.max()}")
 
 
 def max_list_bytes(spec: dict[str, list], maxlen: int) -> int:
     """The most bytes one list of this job's can hold."""
     total = 0
-    for name, (dtype, shape) in spec.items():
+    for name, (dtype, shape, *_) in spec.items():
         extra = _LEADING[name]
         leading = 1 if extra is None else maxlen + extra
         total += np.dtype(dtype).itemsize * leading * int(np.prod(shape, dtype=np.int64))

@@ -1,7 +1,7 @@
 """Replay memories (uniform and prioritized) of opaque rollout items, NumPy only."""
-from drlbox.replay.memory import (PrioritizedReplay, ReplayNotReady, Sample, UniformReplay,
-                                  make_replay)
+from drlbox.replay.memory import (MAX_REPLAY_LEN, PrioritizedReplay, ReplayNotReady, Sample,
+                                  UniformReplay, check_replay, make_replay)
 from drlbox.replay.sum_tree import SumTree
 
-__all__ = ["PrioritizedReplay", "ReplayNotReady", "Sample", "SumTree", "UniformReplay",
-           "make_replay"]
+__all__ = ["MAX_REPLAY_LEN", "PrioritizedReplay", "ReplayNotReady", "Sample", "SumTree",
+           "UniformReplay", "check_replay", "make_replay"]

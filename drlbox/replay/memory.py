@@ -13,6 +13,11 @@ from numpy.typing import ArrayLike
 from drlbox.replay.sum_tree import SumTree
 
 
+# The most items a memory may hold: each slot costs ~16 bytes before any item is stored, so a
+# typo'd maxlen must not take a server's memory.
+MAX_REPLAY_LEN = 10_000_000
+
+
 class ReplayNotReady(RuntimeError):
     """Raised when sampling from a memory that holds fewer items than it needs."""
 
@@ -43,13 +48,26 @@ def _check_float(name: str, value: Any, low: float, high: float = math.inf) -> f
     return float(value)
 
 
+def _check_sizes(maxlen: Any, minlen: Any, seed: Any) -> tuple[int, int]:
+    """(maxlen, minlen) as ints once both sizes and the seed are valid, else ValueError."""
+    maxlen = _check_int("maxlen", maxlen, 1, MAX_REPLAY_LEN)
+    if seed is not None:
+        _check_int("seed", seed, 0)
+    return maxlen, _check_int("minlen", minlen, 0, maxlen)
+
+
+def _check_priority_exponents(alpha: Any, beta: Any, eps: Any) -> tuple[float, float, float]:
+    """(alpha, beta, eps) as floats once valid, else ValueError."""
+    return (_check_float("alpha", alpha, 0.0), _check_float("beta", beta, 0.0, 1.0),
+            _check_float("eps", eps, 0.0))
+
+
 class UniformReplay:
     """Ring buffer of opaque items sampled uniformly with replacement."""
 
     def __init__(self, maxlen: int = 1000, minlen: int = 100, seed: int | None = None) -> None:
         """Hold at most ``maxlen`` items; ``sample`` needs at least ``minlen`` of them."""
-        self.maxlen = _check_int("maxlen", maxlen, 1)
-        self.minlen = _check_int("minlen", minlen, 0, self.maxlen)
+        self.maxlen, self.minlen = _check_sizes(maxlen, minlen, seed)
         self._items: list[Any] = [None] * self.maxlen
         self._keys = np.full(self.maxlen, -1, dtype=np.int64)
         self._next_key = 0
@@ -119,9 +137,7 @@ class PrioritizedReplay(UniformReplay):
         """Like UniformReplay, plus priority exponent ``alpha``, IS exponent ``beta`` and
         ``eps`` added to every priority so no item becomes unreachable."""
         super().__init__(maxlen=maxlen, minlen=minlen, seed=seed)
-        self.alpha = _check_float("alpha", alpha, 0.0)
-        self.beta = _check_float("beta", beta, 0.0, 1.0)
-        self.eps = _check_float("eps", eps, 0.0)
+        self.alpha, self.beta, self.eps = _check_priority_exponents(alpha, beta, eps)
         # The tree stores already-exponentiated priorities, so sampling needs no pow.
         self._tree = SumTree(self.maxlen)
 
@@ -171,17 +187,29 @@ _REPLAY_TYPES: dict[str, type[UniformReplay]] = {
 }
 
 
-def make_replay(replay_type: str | None, **kwargs: Any) -> UniformReplay | None:
-    """Build the replay named by ``replay_type`` ('uniform', 'prioritized') or None."""
+def check_replay(replay_type: str | None, **kwargs: Any) -> None:
+    """ValueError unless ``make_replay(replay_type, **kwargs)`` would build a memory; builds
+    nothing, so a server can check a submitted job's settings before it allocates anything."""
     if replay_type is None:
-        return None
+        return
     if replay_type not in _REPLAY_TYPES:
         raise ValueError(f"unknown replay_type {replay_type!r}; valid types are None, "
                          + ", ".join(repr(name) for name in _REPLAY_TYPES))
-    cls = _REPLAY_TYPES[replay_type]
-    valid = [name for name in inspect.signature(cls).parameters]
-    unknown = [name for name in kwargs if name not in valid]
+    signature = inspect.signature(_REPLAY_TYPES[replay_type])
+    unknown = [name for name in kwargs if name not in signature.parameters]
     if unknown:
         raise ValueError(f"unknown argument(s) {', '.join(map(repr, unknown))} for "
-                         f"replay_type {replay_type!r}; valid arguments are {', '.join(valid)}")
-    return cls(**kwargs)
+                         f"replay_type {replay_type!r}; valid arguments are "
+                         f"{', '.join(signature.parameters)}")
+    args = signature.bind(**kwargs)
+    args.apply_defaults()
+    _check_sizes(args.arguments["maxlen"], args.arguments["minlen"], args.arguments["seed"])
+    if replay_type == "prioritized":
+        _check_priority_exponents(args.arguments["alpha"], args.arguments["beta"],
+                                  args.arguments["eps"])
+
+
+def make_replay(replay_type: str | None, **kwargs: Any) -> UniformReplay | None:
+    """Build the replay named by ``replay_type`` ('uniform', 'prioritized') or None."""
+    check_replay(replay_type, **kwargs)
+    return None if replay_type is None else _REPLAY_TYPES[replay_type](**kwargs)

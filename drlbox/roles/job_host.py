@@ -129,7 +129,10 @@ class JobHost:
         with self._lock:
             record = self._record(job_id)
             if self._current and self._current[0].job_id == job_id:
-                return self._current[1].status()
+                if self._current[1].state == "running":
+                    return self._current[1].status()
+                # Ended: record it, with its final save, before anyone is told it is over.
+                self._finish_current()
             if record["status"] is not None:
                 return JobStatus.from_dict(record["status"])
             position = self._queue.index(job_id) + 1 if job_id in self._queue else 0

@@ -10,9 +10,9 @@ import grpc
 import grpc.aio
 import grpc.experimental
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1.health import aio as health_aio
 
 from drlbox.rpc.handlers import refusal
+from drlbox.rpc.health import add_health
 from drlbox.rpc.security import AUTH_KEY, Security, TokenInterceptor
 
 PROTOCOL_VERSION = "3"
@@ -119,8 +119,7 @@ def make_server(port: int, add_servicers: Iterable[Callable[[grpc.aio.Server], N
     def setup(server: grpc.aio.Server) -> int:
         for add in add_servicers:
             add(server)
-        health_servicer = health_aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        add_health(server)
         credentials = security.server_credentials()
         try:
             bound = (server.add_secure_port(address, credentials) if credentials
@@ -131,7 +130,7 @@ def make_server(port: int, add_servicers: Iterable[Callable[[grpc.aio.Server], N
         if bound == 0:
             raise PortInUseError(f"cannot listen on {address}; is the port taken? "
                                  f"choose another port_begin")
-        return bound                       # the health servicer answers SERVING from the start
+        return bound                       # health answers SERVING from the start
 
     server = RoleServer(interceptors, setup)
     return server, server.port
