@@ -316,5 +316,10 @@ def check_trainer_config(cfg: Any) -> None:
     """Re-check a TrainerConfig that crossed a process boundary (e.g. submitted to a cluster)."""
     if not isinstance(cfg, TrainerConfig):
         raise TypeError(f"expected a drlbox TrainerConfig, got {type(cfg).__name__}")
+    # Unpickled from untrusted bytes, it may lack fields that its class declares.
+    missing = [f.name for f in dataclasses.fields(TrainerConfig) if f.name not in vars(cfg)]
+    if missing:
+        raise TypeError(f"the TrainerConfig lacks the field(s) {', '.join(missing)}; was it "
+                        f"made by another drlbox version?")
     check_algorithm(cfg.algorithm)
     _check_trainer(cfg)

@@ -401,3 +401,14 @@ def test_numpy_scalars_accepted():
     cfg = trainer_config("a3c", **BASE, train_steps=np.int64(1000), discount=np.float32(0.9),
                          batch_size=np.int32(2))
     assert cfg.train_steps == 1000 and cfg.batch_size == 2
+
+
+def test_a_config_unpickled_without_some_fields_is_refused_by_name():
+    from drlbox.config import check_trainer_config
+
+    config = trainer_config("a3c", **BASE)
+    broken = object.__new__(TrainerConfig)
+    object.__setattr__(broken, "__dict__", {k: v for k, v in vars(config).items()
+                                            if k not in ("algorithm", "discount")})
+    with pytest.raises(TypeError, match="algorithm, discount"):
+        check_trainer_config(broken)

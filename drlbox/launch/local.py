@@ -239,7 +239,8 @@ class LocalRun:
                 continue
             how = how_it_ended(proc.returncode)
             if self._may_restart(name):
-                progress.write(f"drlbox: {name} died ({how}); {RESTARTS[name.rstrip('0123456789')]}")
+                then = RESTARTS[name.rstrip("0123456789")]
+                progress.write(f"drlbox: {name} died ({how}); {then}")
                 self._restart_role(name)
                 restarted = True
                 continue
