@@ -153,7 +153,7 @@ def poisonous_replay() -> list[Row]:
         before = rss_mb(pid)
         sample_code = code_of(lambda: replay.sample(2**31 - 1))
         grown = rss_mb(pid) - before
-        big = [{**lists[0], "obs": np.zeros((95 << 20) // 20, np.float32).reshape(-1, 5)}]
+        big = [{**lists[0], "obs": np.zeros(((95 << 20) // 20, 5), np.float32)}]   # 95 MiB
         big_code = code_of(lambda: replay.insert(big))
         time.sleep(3.0)
         alive = all(run.local.procs[f"worker-{i}"].poll() is None for i in range(2))
@@ -213,14 +213,28 @@ def replay_killed() -> Row:
     with running("dqn", PORT + 60, num_parallel=2, batch_size=4, rollout_maxlen=4,
                  replay_type="uniform", replay_kwargs=dict(maxlen=500, minlen=20)) as run:
         client = run.client()
+        old = run.pid("replay-server")
         killed = run.kill("replay-server")
+        replay = ReplayClient(f"127.0.0.1:{PORT + 61}", run.local.job.job_id, timeout=5,
+                              security=run.security)
+        wait_for(lambda: run.pid("replay-server") != old and _replay_answers(replay), 120,
+                 "a new replay server")
+        seconds = time.monotonic() - killed
         at = client.status().global_steps
         wait_for(lambda: client.status().global_steps > at + 500, 300, "progress")
-        seconds = time.monotonic() - killed
         alive = all(run.local.procs[f"worker-{i}"].poll() is None for i in range(2))
+        replay.close()
         client.close()
-    return Row("10 replay server killed (DQN)", f"restarted, training goes on; workers alive: "
-               f"{alive}", recover_s=f"{seconds:.1f}", ok=alive and seconds < 60)
+    return Row("10 replay server killed (DQN)", f"a new one serves, training goes on; workers "
+               f"alive: {alive}", recover_s=f"{seconds:.1f}", ok=alive and seconds < 60)
+
+
+def _replay_answers(replay: ReplayClient) -> bool:
+    try:
+        replay.sample(1)
+    except grpc.RpcError:
+        return False
+    return True
 
 
 def worker_killed() -> Row:
@@ -247,9 +261,14 @@ def graceful_stop() -> Row:
               f"port_begin={PORT + 100}, catch_signal=True, save_dir={directory + '/save'!r})"
               f".run(); print(json.dumps([r.state, r.global_steps]))")
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
-    wait_for(lambda: counted_steps(directory) > 5000, 300, "progress")
-    proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=300)
+    try:
+        wait_for(lambda: counted_steps(directory) > 5000, 300, "progress")
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:          # the scenario failed: end the run it started
+            proc.send_signal(signal.SIGINT)
+            proc.wait(60)
     state, steps = json.loads(out.strip().splitlines()[-1])
     lost = counted_steps(directory, skip_pids=(proc.pid,)) - steps
     return Row("12 SIGTERM with catch_signal=True", f"run {state}",
@@ -291,10 +310,10 @@ def _loadable(save_dir: str) -> str:
 
 
 def _load_counts(save_dir: str) -> tuple[int, int]:
-    """(final-named .keras files in save_dir that load, all of them)."""
+    """(final-named .keras files under save_dir that load, all of them)."""
     import keras
 
-    paths = [os.path.join(save_dir, n) for n in os.listdir(save_dir)
+    paths = [os.path.join(root, n) for root, _, names in os.walk(save_dir) for n in names
              if n.endswith(".keras") and not n.startswith(".")]
     good = 0
     for path in paths:
@@ -362,16 +381,18 @@ def ps_killed_cluster(save_interval: int = 2000) -> Row:
         cluster.start_parameter_server()
         wait_for(lambda: job.status().global_steps > before, 300, "progress after the restart")
         seconds = time.monotonic() - killed
+        rejoined = sum(s == ("running", job.job_id) for s in cluster.worker_states())
         status = job.wait(timeout=600)
         client.close()
     finally:
         cluster.close()
     lost = before - status.resumed_from_steps
     return Row("13 parameter server killed (cluster, restarted by the orchestrator)",
-               f"job resumed from its last checkpoint, workers rejoined; job {status.state}",
+               f"job resumed from its last checkpoint, {rejoined}/2 workers rejoined; job "
+               f"{status.state}",
                steps_lost=f"{lost} (save interval {save_interval})", recover_s=f"{seconds:.1f}",
                loadable=_loadable(data_dir),
-               ok=status.state == "done" and lost <= save_interval + 64)
+               ok=status.state == "done" and lost <= save_interval + 64 and rejoined == 2)
 
 
 def learning_under_faults(seeds: list[int]) -> Row:

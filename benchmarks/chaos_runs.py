@@ -39,7 +39,7 @@ class CountingEnv(gymnasium.Wrapper):
 def counted_steps(directory: str, skip_pids: tuple[int, ...] = ()) -> int:
     """Env steps written by CountingEnv in `directory` (but by the processes `skip_pids`)."""
     total = 0
-    for path in glob.glob(os.path.join(directory, "*")):
+    for path in glob.glob(os.path.join(directory, "[0-9]*-[0-9]*")):
         if int(os.path.basename(path).split("-")[0]) in skip_pids:
             continue
         with open(path, "rb") as f:

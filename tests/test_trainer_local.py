@@ -218,8 +218,11 @@ def test_bad_makers_fail_in_the_users_process():
                                                                keras.layers.Dense(5)])).run()
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_catch_signal_stops_every_process_and_saves(sig, port_base, tmp_path):
+@pytest.mark.parametrize("sig,whole_group", [(signal.SIGINT, False), (signal.SIGTERM, False),
+                                              (signal.SIGINT, True), (signal.SIGTERM, True)])
+def test_catch_signal_stops_every_process_and_saves(sig, whole_group, port_base, tmp_path):
+    """To the launcher alone (`kill PID`) or to every process of the run at once (Ctrl-C in
+    a terminal; `timeout`, systemd and `kill -TERM -PGID` for SIGTERM)."""
     base = port_base()
     script = tmp_path / "train.py"
     # No __main__ guard on purpose: role processes never re-import the user's script.
@@ -236,17 +239,22 @@ def test_catch_signal_stops_every_process_and_saves(sig, port_base, tmp_path):
                               port_begin={base}, save_dir={str(tmp_path)!r}, catch_signal=True
                               ).run()
         print('STATE', result.state, result.global_steps, flush=True)
+        print('LAST', result.checkpoints[-1].path, flush=True)
         """))
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.monotonic() + 120
     while len(role_pids(base)) < 3 and time.monotonic() < deadline:
         time.sleep(0.5)
     time.sleep(3.0)                                 # let the workers train a little
-    proc.send_signal(sig)
+    if whole_group:
+        os.killpg(proc.pid, sig)
+    else:
+        proc.send_signal(sig)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err[-2000:]
     assert "STATE stopped" in out
+    assert f"LAST {tmp_path / 'model_final.keras'}" in out
     assert (tmp_path / "model_final.keras").exists()
     assert role_pids(base) == []
 

@@ -6,6 +6,7 @@ with the others) and stops every process on the way out, whatever happened.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -14,12 +15,13 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import grpc
 
 from drlbox.jobs import Job
+from drlbox.roles.interfaces import Checkpoint
 from drlbox.launch.processes import TOKEN_VARIABLE
 from drlbox.launch.progress import Progress
 from drlbox.rpc.security import Security
@@ -92,6 +94,10 @@ def plan_ports(config: Any) -> dict[str, int]:
     for i in range(config.num_parallel):
         ports[f"worker {i}"] = base + 3 + i
     return ports
+
+
+class _StoppedFromOutside(Exception):
+    """The parameter server ended cleanly while the run was being followed."""
 
 
 class LocalRun:
@@ -195,32 +201,41 @@ class LocalRun:
     def _follow(self, ps_address: str) -> TrainResult:
         from drlbox.rpc.parameter_client import ParameterClient
 
-        client = ParameterClient(ps_address, self.job.job_id, timeout=30.0,
+        client = ParameterClient(ps_address, self.job.job_id, timeout=10.0,
                                  security=Security(token=self.token))
         progress = Progress(self.config.verbose, self.config.train_steps,
                             f"{self.config.algorithm} x{self.config.num_parallel}")
         failed: list[str] = []
+        status, answered = None, time.monotonic()
         try:
             while True:
                 self._check_roles(failed, progress, client)
                 try:
                     status = client.status()
                 except grpc.RpcError:
-                    # The server may have died after the check above: restart it, or say
-                    # plainly that it cannot be; a restarted one may take a while to answer.
-                    if not (self._check_roles(failed, progress, client)
-                            or self._restarted_within(START_TIMEOUT)):
+                    # The server may have died after the check above (the next check restarts
+                    # or reports it), be starting again, or be busy: give it a while.
+                    if time.monotonic() - max(answered, self._last_restart) > START_TIMEOUT:
                         raise
                     continue
+                answered = time.monotonic()
                 progress.update(status)
                 if not status.running:
                     break
                 if self._interrupted:
-                    client.stop("interrupted by a signal")
+                    with contextlib.suppress(grpc.RpcError):   # it may be ending already
+                        client.stop("interrupted by a signal")
                     continue
                 time.sleep(0.25)
             self._join_workers(timeout=60.0)
             status = client.status()
+        except _StoppedFromOutside as stopped:
+            if status is None or not self._interrupted:
+                raise RuntimeError(str(stopped)) from None
+            # SIGTERM reached every process of the run at once (`timeout`, systemd): the
+            # parameter server saved its final model; report the last figures it gave.
+            status = replace(status, state="stopped", message=str(stopped),
+                             checkpoints=status.checkpoints + self._final_model(status))
         finally:
             progress.close()
             client.close()
@@ -229,14 +244,29 @@ class LocalRun:
                            status.wall_seconds, status.train_seconds, status.evaluations,
                            status.checkpoints, failed, status.resumed_from_steps)
 
+    def _final_model(self, status: Any) -> list[Checkpoint]:
+        """The final model the parameter server saved on its way out, if it did."""
+        path = os.path.join(self.config.save_dir or "", "model_final.keras")
+        if not self.config.save_dir or not os.path.exists(path):
+            return []
+        return [Checkpoint(path, status.global_steps, status.train_seconds)]
+
     def _check_roles(self, failed: list, progress: Progress, client: Any) -> bool:
         """Restart the roles that can be restarted, report the others; stop when no worker is
         left. True when something was restarted."""
         workers = [name for name in self.procs if name.startswith("worker-")]
         restarted = False
         for name, proc in list(self.procs.items()):
-            if name in failed or proc.poll() in (None, 0):
+            code = proc.poll()
+            if name in failed or code is None or (code == 0 and name != "parameter-server"):
                 continue
+            if self._interrupted and code == -signal.SIGTERM and name != "parameter-server":
+                continue      # the SIGTERM that stops the run reached it too (`timeout`, systemd)
+            if code == 0:     # it ends on its own only when terminated from outside the run
+                raise _StoppedFromOutside(
+                    "the parameter server was terminated from outside the run (SIGTERM) and "
+                    "saved its final model" + (" in save_dir" if self.config.save_dir else
+                                                " (no save_dir: nothing was written)"))
             how = how_it_ended(proc.returncode)
             if self._may_restart(name):
                 then = RESTARTS[name.rstrip("0123456789")]
@@ -257,7 +287,8 @@ class LocalRun:
                 else "no worker is left, so the run stops")
             progress.write(f"drlbox: {name} died ({how}); {going_on}")
         if all(name in failed for name in workers):
-            client.stop(f"all {len(workers)} workers died")
+            with contextlib.suppress(grpc.RpcError):   # the next check tells why it is gone
+                client.stop(f"all {len(workers)} workers died")
         return restarted
 
     def _may_restart(self, name: str) -> bool:
@@ -267,9 +298,6 @@ class LocalRun:
             return False
         restartable = name.startswith("ps-shard-") or name in self._restart
         return restartable and self._restarts.get(name, 0) < MAX_RESTARTS
-
-    def _restarted_within(self, seconds: float) -> bool:
-        return time.monotonic() - self._last_restart < seconds
 
     def _restart_role(self, name: str) -> None:
         self._restarts[name] = self._restarts.get(name, 0) + 1
