@@ -349,7 +349,7 @@ def _kill_one_save(delay: float) -> tuple[int, int, int, int]:
 
     save_dir = temp_dir()
     proc = subprocess.Popen([sys.executable, os.path.join(HERE, "chaos_saver.py"), save_dir],
-                            stdout=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     proc.stdout.readline()                       # "ready": the model is built
     time.sleep(delay)
     proc.kill()

@@ -431,6 +431,42 @@ def test_stop_over_grpc(a3c):
     assert result.stop and update is None
 
 
+def test_pushes_in_flight_at_a_graceful_stop_count_and_reach_the_final_model(tmp_path):
+    setup = start("a3c", save_dir=str(tmp_path))
+    try:
+        setup.client.stop("graceful stop")
+        gradient = small_gradient(setup.ps.size)
+        result, update = setup.client.push_and_pull(gradient, 0, WorkerReport(env_steps=32), -1)
+        assert result.stop and update is None
+        status = setup.client.status()
+        assert status.state == "stopped" and status.global_steps == 32 and status.updates == 1
+        setup.ps.save_final()
+        saved = keras.models.load_model(tmp_path / "model_final.keras", compile=False)
+        flat = WeightLayout(synced_weights(saved)).flat([v.numpy() for v in saved.weights])
+        np.testing.assert_array_equal(flat, setup.ps.shard0.weights())
+        assert not np.array_equal(flat, setup.initial)
+    finally:
+        stop(setup)
+
+
+def test_a_gradient_stream_past_its_announced_size_is_refused_before_it_is_buffered(a3c):
+    size, sent = a3c.ps.size, []
+    header = pb.RequestHeader(job_id=a3c.job.job_id, gradient_values=size, newer_than=-1)
+
+    def frames():           # an honest header, then 25 frames of 8 MiB of gradient data
+        yield serde.encode_frame(header.SerializeToString(), b"")
+        for _ in range(25):
+            sent.append(1)
+            yield serde.encode_frame(None, b"\0" * (8 << 20))
+
+    err = rpc_error(lambda: raw_exchange(a3c.address, frames()))
+    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "gradient_values" in err.details()
+    assert len(sent) < 10, f"the client got to send {len(sent)} extra frames of 8 MiB"
+    status = a3c.client.status()
+    assert status.version == 0 and status.updates == 0
+
+
 # --- aux weight sets -----------------------------------------------------------------------
 
 def test_acer_average_weights_follow_the_new_weights():
