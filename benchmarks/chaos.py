@@ -417,7 +417,7 @@ def _solve(seed: int, faults: bool) -> int:
     from cartpole_presets import PRESETS, cartpole, first_solved
 
     settings = {**PRESETS["a3c"], "num_parallel": 2}
-    run = Run("a3c", env_maker=cartpole, seed=seed, train_steps=300_000, eval_interval=2000,
+    run = Run("a3c", env_maker=cartpole, seed=seed, train_steps=300_000, eval_interval=1000,
               eval_episodes=20, target_return=475.0, save_dir=temp_dir(), save_interval=1000,
               port_begin=PORT + 160, **settings).start(min_steps=1)
     lost = 0
@@ -456,7 +456,7 @@ def main() -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", default=",".join(SCENARIOS))
     parser.add_argument("--kills", type=int, default=200)
-    parser.add_argument("--seeds", default="0,1,2,3,4")
+    parser.add_argument("--seeds", default="0,1,2,3,4,5,6,7,8,9")
     parser.add_argument("--out", default=os.path.join(HERE, "results", "chaos"))
     args = parser.parse_args()
     rows: list[Row] = []

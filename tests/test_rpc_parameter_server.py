@@ -2,6 +2,7 @@
 and a job whose weights are cut into two shards served by two servers."""
 from __future__ import annotations
 
+import dataclasses
 import queue
 import threading
 import types
@@ -686,6 +687,43 @@ def test_bad_evaluations_are_refused_and_cannot_end_the_job(a3c):
     assert status.running and status.evaluations == []
     assert not a3c.client.report_evaluation(100, [1.0, 2.0]).stop
     assert len(a3c.client.status().evaluations) == 1
+
+
+class ResumedWhileEvaluating:
+    """A parameter client whose first status is 5,000 steps ahead of the server: as if the
+    server resumed from an earlier checkpoint while the evaluator ran its episodes. Its second
+    status stops the job, so that the evaluator returns."""
+
+    def __init__(self, client):
+        self.client, self.calls = client, 0
+
+    def status(self):
+        self.calls += 1
+        status = self.client.status()
+        if self.calls == 1:
+            return dataclasses.replace(status, global_steps=status.global_steps + 5000)
+        return self.client.stop("test over")
+
+    def __getattr__(self, name):
+        return getattr(self.client, name)
+
+
+def test_an_evaluation_the_job_has_gone_back_from_is_dropped_and_the_evaluator_goes_on(caplog):
+    from drlbox.launch.processes import make_following_evaluator
+    from drlbox.roles.limits import OutOfRange
+
+    setup = start("a3c", eval_interval=1000, eval_episodes=1)
+    try:
+        setup.client.push_and_pull(None, 0, WorkerReport(env_steps=1500), -1)
+        with pytest.raises(OutOfRange, match="global_steps"):     # over gRPC, as in process
+            setup.client.report_evaluation(9000, [1.0])
+        evaluator = make_following_evaluator(ResumedWhileEvaluating(setup.client), setup.job)
+        with caplog.at_level("WARNING", logger="drlbox.roles.evaluator"):
+            assert evaluator.run() == 1
+        assert "evaluation at 6500 steps dropped" in caplog.text
+        assert setup.client.status().evaluations == []
+    finally:
+        stop(setup)
 
 
 def test_requests_that_do_not_parse_or_overflow_are_refused_by_name(a3c):

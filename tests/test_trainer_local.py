@@ -185,6 +185,19 @@ def test_a_killed_replay_server_is_replaced_and_the_run_finishes(port_base, tmp_
     assert result.failed_roles == []
 
 
+def test_a_killed_evaluator_is_replaced_and_evaluations_go_on(port_base, tmp_path, capfd):
+    base, marker = port_base(), str(tmp_path / "killed")
+    result = make_trainer("a3c", env_maker=lambda: KillShardOnceAfter(
+                              cartpole(), marker, 1500, base, role=b"evaluator"),
+                          feature_maker=small_features, num_parallel=1, train_steps=40_000,
+                          port_begin=base, eval_interval=1000, eval_episodes=2).run()
+    assert os.path.exists(marker)
+    assert "evaluator died (killed by SIGKILL); starting a new one" in capfd.readouterr().err
+    assert result.state == "done" and result.failed_roles == []
+    # The new evaluator (a few seconds to start) evaluates the rest of the run.
+    assert result.evaluations and result.evaluations[-1].global_steps >= 20_000
+
+
 def test_leftovers_of_interrupted_saves_are_removed(port_base, tmp_path):
     for name in (".saving-abc123.keras", ".saving-zz.h5"):
         (tmp_path / name).write_bytes(b"half a model")

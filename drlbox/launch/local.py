@@ -35,6 +35,7 @@ RESTARTS = {
     "parameter-server": "starting a new one, which resumes the run from its last checkpoint",
     "ps-shard-": "starting a new one, which resumes its slice from the last checkpoint",
     "replay-server": "starting a new one (its memory starts empty; workers wait for it)",
+    "evaluator": "starting a new one",
 }
 
 
@@ -139,7 +140,10 @@ class LocalRun:
                 job_id=self.job.job_id, port=ports["parameter server"], verbose=verbose),
             "replay-server": lambda: self._spawn(
                 "replay-server", "replay", ps_address=ps_address,
-                port=ports.get("replay server"), verbose=verbose)}
+                port=ports.get("replay server"), verbose=verbose),
+            "evaluator": lambda: self._spawn(
+                "evaluator", "evaluator", ps_address=ps_address,
+                status_port=ports.get("evaluator"), verbose=verbose)}
         self._restart["parameter-server"]()
         self._wait_started("parameter-server", ps_address)
         for k in range(1, cfg.ps_shards):
@@ -154,8 +158,7 @@ class LocalRun:
                         replay_address=replay_address, index=i,
                         status_port=ports[f"worker {i}"], verbose=verbose)
         if cfg.eval_interval:
-            self._spawn("evaluator", "evaluator", ps_address=ps_address,
-                        status_port=ports["evaluator"], verbose=verbose)
+            self._restart["evaluator"]()
         return ps_address
 
     def _spawn_shard(self, k: int) -> None:
@@ -292,8 +295,8 @@ class LocalRun:
         return restarted
 
     def _may_restart(self, name: str) -> bool:
-        """Shards and the replay server always come back; the parameter server when it has
-        checkpoints to resume from; none of them more than MAX_RESTARTS times."""
+        """Shards, the replay server and the evaluator always come back; the parameter server
+        when it has checkpoints to resume from; none of them more than MAX_RESTARTS times."""
         if name == "parameter-server" and not self.config.save_dir:
             return False
         restartable = name.startswith("ps-shard-") or name in self._restart

@@ -10,6 +10,7 @@ import numpy as np
 from drlbox.envs import env_action, is_continuous
 from drlbox.ops.distributions import Categorical, DiagGaussian
 from drlbox.roles.interfaces import ParameterPeer
+from drlbox.roles.limits import OutOfRange
 
 log = logging.getLogger(__name__)
 Policy = Callable[[list, np.random.Generator], np.ndarray]
@@ -98,5 +99,10 @@ class FollowingEvaluator:
             log.info("evaluation at %d steps: mean return %.1f", steps, np.mean(returns))
             interval = self.config.eval_interval
             self.next_eval = (steps // interval + 1) * interval
-            if self.params.report_evaluation(steps, returns).stop:
-                return self.evaluations
+            try:
+                if self.params.report_evaluation(steps, returns).stop:
+                    return self.evaluations
+            except OutOfRange as err:
+                # The job resumed from an earlier checkpoint while this ran: the weights it
+                # measured are gone, and so is the evaluation.
+                log.warning("evaluation at %d steps dropped: %s", steps, err)

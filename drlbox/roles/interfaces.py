@@ -153,7 +153,9 @@ class ParameterPeer(Protocol):
         job stops."""
 
     def report_evaluation(self, global_steps: int, returns: Sequence[float]) -> PushResult:
-        """Record evaluation returns measured on weights of `global_steps`."""
+        """Record evaluation returns measured on weights of `global_steps`; raises
+        `drlbox.roles.limits.OutOfRange` when the job has not reached `global_steps` (e.g. it
+        resumed from an earlier checkpoint meanwhile)."""
 
     def status(self) -> JobStatus:
         """The job's progress."""

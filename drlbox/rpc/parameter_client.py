@@ -21,6 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from drlbox.jobs import Job, python_version
 from drlbox.roles.interfaces import JobStatus, PushResult, ShardState, WeightsUpdate, WorkerReport
+from drlbox.roles.limits import OutOfRange
 from drlbox.rpc import serde
 from drlbox.rpc.generated import parameter_server_pb2 as pb
 from drlbox.rpc.generated import parameter_server_pb2_grpc as pb_grpc
@@ -269,9 +270,14 @@ class ParameterClient:
 
     # --- the job's counters ----------------------------------------------------------------------
     def report_evaluation(self, global_steps: int, returns: Sequence[float]) -> PushResult:
-        reply = self.stub.ReportEvaluation(pb.EvaluationReport(
-            job_id=self.job_id, global_steps=global_steps, returns=list(returns)),
-            timeout=self.timeout)
+        try:
+            reply = self.stub.ReportEvaluation(pb.EvaluationReport(
+                job_id=self.job_id, global_steps=global_steps, returns=list(returns)),
+                timeout=self.timeout)
+        except grpc.RpcError as err:
+            if err.code() == grpc.StatusCode.OUT_OF_RANGE:    # as the server in process says
+                raise OutOfRange(err.details()) from None
+            raise
         return PushResult(reply.version, reply.global_steps, reply.stop)
 
     def status(self) -> JobStatus:
