@@ -680,9 +680,12 @@ def test_bad_evaluations_are_refused_and_cannot_end_the_job(a3c):
              "no returns": (50, [], grpc.StatusCode.INVALID_ARGUMENT),
              "negative steps": (-5, [1.0], grpc.StatusCode.OUT_OF_RANGE),
              "steps not reached yet": (10_000, [1.0], grpc.StatusCode.OUT_OF_RANGE)}
-    for name, (steps, returns, code) in cases.items():
-        err = rpc_error(lambda: a3c.client.report_evaluation(steps, returns))
-        assert err.code() == code, name
+    with make_channel(a3c.address) as channel:       # the status codes on the wire
+        stub = pb_grpc.ParameterServerStub(channel)
+        for name, (steps, returns, code) in cases.items():
+            err = rpc_error(lambda: stub.ReportEvaluation(pb.EvaluationReport(
+                job_id=a3c.job.job_id, global_steps=steps, returns=returns), timeout=TIMEOUT))
+            assert err.code() == code, name
     status = a3c.client.status()
     assert status.running and status.evaluations == []
     assert not a3c.client.report_evaluation(100, [1.0, 2.0]).stop
