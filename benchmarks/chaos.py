@@ -36,6 +36,7 @@ from chaos_runs import (Run, counted_steps, counting_maker, rss_mb, running,  # 
                         temp_dir, wait_for)
 
 from drlbox.roles.interfaces import WorkerReport  # noqa: E402
+from drlbox.roles.limits import Refused  # noqa: E402
 from drlbox.rpc import serde  # noqa: E402
 from drlbox.rpc.generated import parameter_server_pb2 as pb  # noqa: E402
 from drlbox.rpc.replay import ReplayClient  # noqa: E402
@@ -59,11 +60,14 @@ class Row:
 
 
 def code_of(call) -> str:
-    """The status code a call ends with ('OK' when it succeeds)."""
+    """The status code a call ends with ('OK' when it succeeds); the client raises some
+    refusals as drlbox's own errors, which carry the code's name."""
     try:
         call()
     except grpc.RpcError as err:
         return err.code().name
+    except Refused as err:
+        return err.code
     return "OK"
 
 
