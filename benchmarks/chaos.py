@@ -376,7 +376,7 @@ def ps_killed_cluster(save_interval: int = 2000) -> Row:
     cluster = Cluster(PORT + 140, data_dir, workers=2)
     try:
         client = Client(cluster.ps_address, token=TOKEN, retry_seconds=120)
-        job = client.submit("a3c", **cartpole_job(train_steps=30_000,
+        job = client.submit("a3c", **cartpole_job(train_steps=60_000,
                                                   save_interval=save_interval))
         wait_for(lambda: job.status().global_steps > 8000, 300, "progress past a checkpoint")
         before = job.status().global_steps
@@ -384,8 +384,12 @@ def ps_killed_cluster(save_interval: int = 2000) -> Row:
         killed = time.monotonic()
         cluster.start_parameter_server()
         wait_for(lambda: job.status().global_steps > before, 300, "progress after the restart")
+        # Recovered once both workers train the resumed job again (a worker that asked while
+        # the job was still being restored went idle and joins on its next poll).
+        with contextlib.suppress(TimeoutError):
+            wait_for(lambda: _rejoined(cluster, job.job_id) == 2, 60, "both workers")
         seconds = time.monotonic() - killed
-        rejoined = sum(s == ("running", job.job_id) for s in cluster.worker_states())
+        rejoined = _rejoined(cluster, job.job_id)
         status = job.wait(timeout=600)
         client.close()
     finally:
@@ -397,6 +401,10 @@ def ps_killed_cluster(save_interval: int = 2000) -> Row:
                steps_lost=f"{lost} (save interval {save_interval})", recover_s=f"{seconds:.1f}",
                loadable=_loadable(data_dir),
                ok=status.state == "done" and lost <= save_interval + 64 and rejoined == 2)
+
+
+def _rejoined(cluster, job_id: str) -> int:
+    return sum(s == ("running", job_id) for s in cluster.worker_states())
 
 
 def learning_under_faults(seeds: list[int]) -> Row:
