@@ -56,7 +56,7 @@ bench-scale: $(PLOT_STAMP)
 	$(PY) benchmarks/bench_scale.py $(BENCH_SCALE_ARGS)
 
 ## Faults and poisonous calls against real roles (kills, floods, bad inputs, CartPole learning
-## under faults), then >= 10,000 generated calls per RPC method; prints both tables (~1 hour).
+## under faults), then >= 10,000 generated calls per RPC method; prints both tables (~30 min).
 ## CHAOS_ARGS=... / FUZZ_ARGS=... pass options (see benchmarks/chaos.py and chaos_fuzz.py --help).
 chaos: $(STAMP)
 	$(PY) benchmarks/chaos.py $(CHAOS_ARGS); held=$$?; \
