@@ -9,6 +9,7 @@ import pytest
 
 from drlbox.replay import PrioritizedReplay, UniformReplay
 from drlbox.ops.rollout import list_spec
+from drlbox.roles.limits import Refused
 from drlbox.roles.replay import ReplayService, ReplayTable
 from drlbox.rpc import serde
 from drlbox.rpc.generated import replay_pb2 as pb
@@ -144,12 +145,18 @@ def test_prioritized_update_over_grpc_shifts_sampling(make_replay_server):
 def test_bad_priority_updates_are_invalid_argument(make_replay_server):
     r = make_replay_server(PrioritizedReplay(maxlen=8, minlen=1, seed=0))
     r.client.insert([rollout(2, 0)])
-    err = rpc_error(lambda: r.client.update_priorities(np.array([99]), np.array([1.0])))
+    def update(keys, priorities):         # the status codes on the wire
+        return r.stub.UpdatePriorities(pb.PriorityUpdate(job_id=JOB_ID, keys=keys,
+                                                         priorities=priorities), timeout=TIMEOUT)
+
+    err = rpc_error(lambda: update([99], [1.0]))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "99" in err.details()
-    err = rpc_error(lambda: r.client.update_priorities(np.array([0]), np.array([-1.0])))
+    err = rpc_error(lambda: update([0], [-1.0]))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and ">= 0" in err.details()
-    err = rpc_error(lambda: r.client.update_priorities(np.array([0, 0]), np.array([1.0])))
+    err = rpc_error(lambda: update([0, 0], [1.0]))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(Refused, match="99"):        # the client says it in drlbox's words
+        r.client.update_priorities(np.array([99]), np.array([1.0]))
 
 
 def test_uniform_replay_ignores_priorities(make_replay_server):
@@ -300,3 +307,40 @@ def test_sample_and_priority_sizes_are_bounded_by_the_memory(make_replay_server)
     err = rpc_error(lambda: r.client.update_priorities(np.zeros(9, np.int64), np.ones(9)))
     assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert len(r.client.sample(8).lists) == 8
+
+
+def test_a_call_the_replay_server_died_under_is_made_again_on_its_replacement():
+    import threading
+
+    setup = start(UniformReplay(maxlen=20, minlen=1, seed=0))
+    setup.client.insert([rollout(3, 0)])
+    held, entered = threading.Event(), threading.Event()
+    sample = setup.service.sample
+
+    def held_sample(batch_size):        # the real sample, held until the server is gone
+        entered.set()
+        held.wait(10)
+        return sample(batch_size)
+
+    setup.service.sample = held_sample
+    got = {}
+    caller = threading.Thread(target=lambda: got.update(sample=setup.client.sample(1)))
+    caller.start()
+    assert entered.wait(10)
+    setup.server.stop(0).wait(10)
+    port = int(setup.address.rsplit(":", 1)[1])
+    fresh = ReplayTable(lambda other_job: None, JOB_ID, ReplayService(
+        PrioritizedReplay(maxlen=20, minlen=1), None, 8, max_lists=512))
+    server, _ = make_server(port, [add_replay(fresh)])
+    try:
+        held.set()
+        caller.join(30)
+        assert got == {"sample": None}          # asked again: the new memory is still empty
+        setup.client.insert([rollout(3, 1)])
+        assert len(setup.client.sample(2).lists) == 2
+        with pytest.raises(Refused, match="never issued"):       # keys of the old memory
+            setup.client.update_priorities(np.array([5]), np.array([1.0]))
+    finally:
+        setup.client.close()
+        setup.channel.close()
+        server.stop(0)

@@ -26,6 +26,7 @@ from drlbox.ops.rollout import pack_lists
 from drlbox.roles.collector import Collector
 from drlbox.roles.interfaces import (ParameterPeer, PushResult, ReplayPeer, WeightsUpdate,
                                      WorkerReport)
+from drlbox.roles.limits import Refused
 
 log = logging.getLogger(__name__)
 
@@ -284,7 +285,11 @@ class RolloutWorker:
             self.sync()                 # learn from replay with the newest fetched weights
             result, priorities = self._learn(sample.lists, sample.weights)
             if self.config.replay_type == "prioritized":    # uniform replay ignores them
-                self.replay.update_priorities(sample.keys, priorities)
+                try:
+                    self.replay.update_priorities(sample.keys, priorities)
+                except Refused as err:
+                    # A replay server restarted since the sample: its memory never held them.
+                    log.warning("priorities not updated: %s", err)
             if result.stop:
                 break
         return result

@@ -1,8 +1,9 @@
 """gRPC service and client for the replay role (no TensorFlow on either side)."""
 from __future__ import annotations
 
-from typing import AsyncIterator, Sequence
+from typing import Any, AsyncIterator, Callable, Sequence
 
+import grpc
 import numpy as np
 
 from drlbox.roles.interfaces import ReplaySample
@@ -86,7 +87,12 @@ class ReplayServicer:
 
 
 class ReplayClient:
-    """The replay server over gRPC, with the same methods as `ReplayService`."""
+    """The replay server over gRPC, with the same methods as `ReplayService`.
+
+    A replay server that dies under a call is restarted by its launcher or orchestrator: the
+    call is made once more (the channel waits for the new server). A priority update the new
+    server refuses (its memory never issued those keys) raises drlbox's `Refused`.
+    """
 
     def __init__(self, address: str, job_id: str, timeout: float = CALL_TIMEOUT,
                  security: Security | None = None):
@@ -94,25 +100,41 @@ class ReplayClient:
         self.stub = pb_grpc.ReplayServerStub(self.channel)
         self.job_id, self.timeout = job_id, timeout
 
+    @staticmethod
+    def _again_if_lost(call: Callable[[], Any]) -> Any:
+        """call(), and once more if the server went away under it (UNAVAILABLE)."""
+        try:
+            return call()
+        except grpc.RpcError as err:
+            if err.code() != grpc.StatusCode.UNAVAILABLE:
+                raise
+        return call()
+
     def insert(self, lists: Sequence[dict]) -> None:
         data = serde.encode_rollouts(lists)
-        chunks = (pb.ReplayChunk(job_id=self.job_id, data=piece)
-                  for piece in serde.split_chunks(data))
-        self.stub.Insert(chunks, timeout=self.timeout)
+        self._again_if_lost(lambda: self.stub.Insert(
+            (pb.ReplayChunk(job_id=self.job_id, data=piece)
+             for piece in serde.split_chunks(data)), timeout=self.timeout))
 
     def sample(self, batch_size: int) -> ReplaySample | None:
-        chunks = list(self.stub.Sample(pb.SampleRequest(job_id=self.job_id,
-                                                        batch_size=batch_size),
-                                       timeout=self.timeout))
+        request = pb.SampleRequest(job_id=self.job_id, batch_size=batch_size)
+        chunks = self._again_if_lost(
+            lambda: list(self.stub.Sample(request, timeout=self.timeout)))
         if not chunks:
             return None
         lists, keys, weights = serde.decode_rollouts(serde.join_chunks(c.data for c in chunks))
         return ReplaySample(lists, keys, weights)
 
     def update_priorities(self, keys: np.ndarray, priorities: np.ndarray) -> None:
-        self.stub.UpdatePriorities(pb.PriorityUpdate(
-            job_id=self.job_id, keys=np.asarray(keys).tolist(),
-            priorities=np.asarray(priorities, np.float64).tolist()), timeout=self.timeout)
+        request = pb.PriorityUpdate(job_id=self.job_id, keys=np.asarray(keys).tolist(),
+                                    priorities=np.asarray(priorities, np.float64).tolist())
+        try:
+            self._again_if_lost(lambda: self.stub.UpdatePriorities(request,
+                                                                   timeout=self.timeout))
+        except grpc.RpcError as err:
+            if err.code() != grpc.StatusCode.INVALID_ARGUMENT:
+                raise
+            raise Refused(err.details()) from None
 
     def close(self) -> None:
         """Close the channel."""
