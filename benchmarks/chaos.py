@@ -483,7 +483,7 @@ def main() -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", default=",".join(SCENARIOS))
     parser.add_argument("--kills", type=int, default=200)
-    parser.add_argument("--seeds", default="0,1,2,3,4,5,6,7,8,9")
+    parser.add_argument("--seeds", default=",".join(map(str, range(20))))
     parser.add_argument("--out", default=os.path.join(HERE, "results", "chaos"))
     args = parser.parse_args()
     rows: list[Row] = []

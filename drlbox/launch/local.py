@@ -204,8 +204,10 @@ class LocalRun:
     def _follow(self, ps_address: str) -> TrainResult:
         from drlbox.rpc.parameter_client import ParameterClient
 
+        # Not waiting for a server that is not there: the launcher must see it die and
+        # start a new one, not wait on the address until the call's deadline.
         client = ParameterClient(ps_address, self.job.job_id, timeout=10.0,
-                                 security=Security(token=self.token))
+                                 security=Security(token=self.token), wait_for_ready=False)
         progress = Progress(self.config.verbose, self.config.train_steps,
                             f"{self.config.algorithm} x{self.config.num_parallel}")
         failed: list[str] = []
@@ -220,6 +222,7 @@ class LocalRun:
                     # or reports it), be starting again, or be busy: give it a while.
                     if time.monotonic() - max(answered, self._last_restart) > START_TIMEOUT:
                         raise
+                    time.sleep(0.25)
                     continue
                 answered = time.monotonic()
                 progress.update(status)

@@ -79,10 +79,10 @@ class ParameterClient:
     """The parameter server over gRPC, with the same methods as the in-process object."""
 
     def __init__(self, address: str, job_id: str | None = None, timeout: float = CALL_TIMEOUT,
-                 security: Security | None = None):
+                 security: Security | None = None, wait_for_ready: bool = True):
         self.address, self.job_id, self.timeout = address, job_id, timeout
         self.security = security
-        self.channel = make_channel(address, security)
+        self.channel = make_channel(address, security, wait_for_ready=wait_for_ready)
         self.stub = pb_grpc.ParameterServerStub(self.channel)
         self.worker_index = 0
         # Gradients as bfloat16 (half the bytes) instead of float32: compress_gradients.
