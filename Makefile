@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 PLOT_STAMP := $(VENV)/.installed-plot
 
-.PHONY: install train test test-fast protos bench bench-forward bench-scale chaos clean
+.PHONY: install train test test-fast protos bench bench-forward bench-scale bench-startup chaos clean
 
 $(STAMP): setup.py pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -54,6 +54,10 @@ $(PLOT_STAMP): $(STAMP)
 
 bench-scale: $(PLOT_STAMP)
 	$(PY) benchmarks/bench_scale.py $(BENCH_SCALE_ARGS)
+
+## Seconds from make_trainer(...).run() to the first env step, 2 workers (fresh interpreters).
+bench-startup: $(STAMP)
+	$(PY) benchmarks/startup.py $(STARTUP_ARGS)
 
 ## Faults and poisonous calls against real roles (kills, floods, bad inputs, CartPole learning
 ## under faults), then >= 10,000 generated calls per RPC method; prints both tables (~30 min).
