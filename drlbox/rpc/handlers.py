@@ -73,6 +73,13 @@ def _guarded(method: str, body: Callable) -> Callable:
     return guard
 
 
+# (client streams, server streams) -> how gRPC wraps a handler of that kind.
+_HANDLER_KINDS = {(False, False): grpc.unary_unary_rpc_method_handler,
+                  (False, True): grpc.unary_stream_rpc_method_handler,
+                  (True, False): grpc.stream_unary_rpc_method_handler,
+                  (True, True): grpc.stream_stream_rpc_method_handler}
+
+
 def method_handler(method: str, impl: Callable, request_class: Any, response_class: Any,
                    client_streaming: bool, server_streaming: bool,
                    raw: bool = False) -> grpc.RpcMethodHandler:
@@ -104,11 +111,8 @@ def method_handler(method: str, impl: Callable, request_class: Any, response_cla
             request = await request_of(request_or_iterator, context)
             return await guard(context, lambda: impl(request, context))
 
-    kinds = {(False, False): grpc.unary_unary_rpc_method_handler,
-             (False, True): grpc.unary_stream_rpc_method_handler,
-             (True, False): grpc.stream_unary_rpc_method_handler,
-             (True, True): grpc.stream_stream_rpc_method_handler}
-    return kinds[(client_streaming, server_streaming)](handler, response_serializer=serialize)
+    return _HANDLER_KINDS[(client_streaming, server_streaming)](handler,
+                                                                response_serializer=serialize)
 
 
 def refusal(handler: Any, code: grpc.StatusCode, message: str) -> Any:
@@ -124,12 +128,8 @@ def refusal(handler: Any, code: grpc.StatusCode, message: str) -> Any:
         await context.abort(code, message)
         yield b""                    # never reached: an async generator for streamed replies
 
-    kinds = {(False, False): grpc.unary_unary_rpc_method_handler,
-             (False, True): grpc.unary_stream_rpc_method_handler,
-             (True, False): grpc.stream_unary_rpc_method_handler,
-             (True, True): grpc.stream_stream_rpc_method_handler}
     kind = (handler.request_streaming, handler.response_streaming)
-    return kinds[kind](abort_stream if handler.response_streaming else abort)
+    return _HANDLER_KINDS[kind](abort_stream if handler.response_streaming else abort)
 
 
 _END = object()
