@@ -17,9 +17,9 @@ $(STAMP): setup.py pyproject.toml
 
 install: $(STAMP)
 
-## Train A3C on CartPole-v1 with the built-in example (no cluster needed).
+## Train A3C on CartPole-v1 until solved, then play the saved model (no cluster needed).
 train: $(STAMP)
-	$(PY) examples/cartpole_a3c.py
+	$(PY) examples/train_cartpole.py
 
 ## The whole test suite: unit, integration (real gRPC servers on loopback) and learning tests.
 test: $(STAMP)
@@ -55,8 +55,10 @@ $(PLOT_STAMP): $(STAMP)
 bench-scale: $(PLOT_STAMP)
 	$(PY) benchmarks/bench_scale.py $(BENCH_SCALE_ARGS)
 
-## Seconds from make_trainer(...).run() to the first env step, 2 workers (fresh interpreters).
-bench-startup: $(STAMP)
+## Seconds from make_trainer(...).run() to the first env step, 2 workers (fresh interpreters),
+## then whole processes of 60k CartPole steps: drlbox A3C (original defaults) vs SB3 A2C.
+STARTUP_ARGS ?= --vs-sb3 60000
+bench-startup: $(BENCH_STAMP)
 	$(PY) benchmarks/startup.py $(STARTUP_ARGS)
 
 ## Faults and poisonous calls against real roles (kills, floods, bad inputs, CartPole learning

@@ -20,6 +20,7 @@ setup(
         "cloudpickle>=3",
         "tqdm>=4.60",
         "tensorboard>=2.16",      # tf.summary scalars; TensorFlow no longer installs it
+        "setproctitle>=1.3",      # forked roles show their own command line in ps
     ],
     entry_points={"console_scripts": ["drlbox=drlbox.cli:main"]},
     extras_require={

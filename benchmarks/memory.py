@@ -26,7 +26,8 @@ def role_memory(port_begin: int) -> dict[str, dict[str, int]]:
     found = {}
     for path in glob.glob("/proc/[0-9]*/cmdline"):
         try:
-            args = open(path, "rb").read().decode(errors="replace").split("\0")
+            # Forked roles show their command line as one string (setproctitle).
+            args = open(path, "rb").read().decode(errors="replace").replace("\0", " ").split()
             status = open(path.replace("cmdline", "status")).read()
         except OSError:
             continue
@@ -35,8 +36,7 @@ def role_memory(port_begin: int) -> dict[str, dict[str, int]]:
         fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
         name = args[args.index("drlbox.launch.role") + 1]
         if name == "worker":
-            spec = next(a for a in args if a.startswith("{"))
-            name += "-" + spec.split('"index": ')[1].split(",")[0]
+            name += "-" + " ".join(args).split('"index": ')[1].split(",")[0]
         found[name] = {"rss": int(fields["VmRSS"].split()[0]),
                        "peak": int(fields["VmHWM"].split()[0])}
     return found

@@ -13,6 +13,12 @@ help from drlbox:
 - process: the whole interpreter, start to exit.
 
 It prints each run and the medians; wall-clock figures, so run it on a quiet machine.
+
+`--vs-sb3 STEPS` then times whole processes side by side, alternating (a user's view: start
+Python, train STEPS CartPole env steps, exit): drlbox A3C with the original's defaults (2
+workers, the 200/100 ReLU features) against Stable-Baselines3 A2C with its defaults, 2 envs and
+the same 200/100 ReLU layers (`make bench` installs SB3). Besides wall seconds it prints the CPU
+seconds of each process and its children, a figure that holds on a busy machine too.
 """
 from __future__ import annotations
 
@@ -95,6 +101,61 @@ def one_run(workers: int, steps: int, port: int) -> dict:
             "process": ended - started}
 
 
+DRLBOX_WHOLE = """
+import sys
+sys.path.insert(0, {here!r})
+import gymnasium
+from drlbox.trainer import make_trainer
+from startup import features
+make_trainer("a3c", env_maker=lambda: gymnasium.make("CartPole-v1"), feature_maker=features,
+             num_parallel=2, train_steps={steps}, port_begin={port}).run()
+"""
+
+SB3_WHOLE = """
+import torch
+from stable_baselines3 import A2C
+from stable_baselines3.common.env_util import make_vec_env
+torch.set_num_threads(1)
+env = make_vec_env("CartPole-v1", n_envs=2)
+A2C("MlpPolicy", env, device="cpu",
+    policy_kwargs=dict(net_arch=[200, 100], activation_fn=torch.nn.ReLU)).learn({steps})
+"""
+
+
+def whole_process(script: str) -> tuple[float, float]:
+    """Wall and CPU seconds (the process and its children) of `python -c script`."""
+    before = os.times()
+    started = time.time()
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          cwd=os.path.dirname(HERE), timeout=1800)
+    wall = time.time() - started
+    after = os.times()
+    if done.returncode != 0:
+        raise RuntimeError(f"the run failed:\n{done.stderr[-3000:]}")
+    return wall, (after.children_user - before.children_user
+                  + after.children_system - before.children_system)
+
+
+def versus_sb3(steps: int, runs: int, port: int) -> None:
+    """Whole-process wall and CPU seconds, drlbox A3C and SB3 A2C alternating; the medians."""
+    rows: dict[str, list] = {"drlbox A3C": [], "SB3 A2C": []}
+    for i in range(runs):
+        for name, script in (("drlbox A3C", DRLBOX_WHOLE.format(here=HERE, steps=steps,
+                                                                 port=port + 20 * i)),
+                             ("SB3 A2C", SB3_WHOLE.format(steps=steps))):
+            wall, cpu = whole_process(script)
+            rows[name].append((wall, cpu))
+            print(f"{name} run {i + 1}: {steps} env steps, process {wall:.2f} s, "
+                  f"CPU {cpu:.2f} s", flush=True)
+    medians = {name: (statistics.median(w for w, _ in r), statistics.median(c for _, c in r))
+               for name, r in rows.items()}
+    for name, (wall, cpu) in medians.items():
+        print(f"median {name}: process {wall:.2f} s, CPU {cpu:.2f} s")
+    (dw, dc), (sw, sc) = medians["drlbox A3C"], medians["SB3 A2C"]
+    print(f"drlbox is {sw / dw:.2f}x faster than SB3 A2C (whole process, {steps} steps); "
+          f"{sc / dc:.2f}x less CPU")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -102,6 +163,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--port-begin", type=int, default=6400)
+    parser.add_argument("--vs-sb3", type=int, default=0, metavar="STEPS",
+                        help="then time whole processes of STEPS env steps against SB3 A2C")
+    parser.add_argument("--vs-runs", type=int, default=3)
     args = parser.parse_args()
     print(f"startup: {os.cpu_count()} cores, Python {sys.version.split()[0]}, A3C CartPole, "
           f"{args.workers} workers, {args.steps} env steps")
@@ -113,6 +177,8 @@ def main() -> None:
               flush=True)
     print("median: " + ", ".join(f"{k} {statistics.median(r[k] for r in rows):.2f} s"
                                  for k in rows[0]))
+    if args.vs_sb3:
+        versus_sb3(args.vs_sb3, args.vs_runs, args.port_begin + 20 * args.runs)
 
 
 if __name__ == "__main__":

@@ -133,8 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"drlbox: {err}", file=sys.stderr)
         return 2
-    from drlbox.launch.processes import keep_freed_memory, limit_tf_threads, setup_logging
+    from drlbox.launch.processes import (keep_freed_memory, limit_tf_threads,
+                                         quiet_tensorflow_logs, setup_logging)
 
+    quiet_tensorflow_logs()
     keep_freed_memory()
     setup_logging(args.role, args.verbose)
     if args.role != "replay":

@@ -29,6 +29,9 @@ class Evaluator:
 
     def run(self) -> EvaluationResult:
         """Play num_episodes episodes with the saved model; print them when verbose."""
+        from drlbox.launch.processes import import_tensorflow_quietly
+
+        import_tensorflow_quietly()
         from drlbox.algorithms import ALGORITHM_CLASSES, load_keras_model
         from drlbox.envs import make_env
         from drlbox.ops.fast_forward import make_predict_fn

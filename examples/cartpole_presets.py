@@ -5,8 +5,6 @@ machine (num_parallel=2 unless the preset says otherwise); the benchmark reports
 one solves CartPole.
 """
 import gymnasium
-import keras
-
 
 
 def cartpole():
@@ -16,6 +14,8 @@ def cartpole():
 
 def mlp_features(observation_space, sizes=(200, 100), activation="relu"):
     """Input layer and Dense layers of the given sizes (ReLU unless told otherwise)."""
+    import keras        # here, not at the top: the training script itself needs no TensorFlow
+
     inp = keras.Input(shape=observation_space.shape)
     feature = inp
     for size in sizes:
@@ -31,6 +31,8 @@ def tanh_features(observation_space):
 def two_towers(env, sizes=(200, 100), activation="tanh"):
     """Separate 200/100 policy and value networks (what SB3's net_arch=[200, 100] builds):
     a model_maker returning A3C's (logits, value) model."""
+    import keras
+
     inp = keras.Input(shape=env.observation_space.shape)
 
     def tower(outputs):

@@ -133,7 +133,9 @@ class KillShardOnceAfter(gymnasium.Wrapper):
             except FileExistsError:
                 return self.env.step(action)
             for pid in role_pids(self.port_begin):
-                if self.role in open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0"):
+                # Forked roles show their command line as one string (setproctitle).
+                if self.role in open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0",
+                                                                                   b" ").split():
                     os.kill(pid, signal.SIGKILL)
         return self.env.step(action)
 
@@ -257,7 +259,8 @@ def test_catch_signal_stops_every_process_and_saves(sig, whole_group, port_base,
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.monotonic() + 120
-    while len(role_pids(base)) < 3 and time.monotonic() < deadline:
+    # The fork server, the parameter server and two workers.
+    while len(role_pids(base)) < 4 and time.monotonic() < deadline:
         time.sleep(0.5)
     time.sleep(3.0)                                 # let the workers train a little
     if whole_group:
@@ -285,12 +288,14 @@ def test_killing_the_launcher_leaves_no_orphan(port_base, tmp_path):
         """))
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while len(role_pids(base)) < 2 and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert len(role_pids(base)) == 2
-    proc.kill()
-    proc.wait()
+    try:
+        deadline = time.monotonic() + 120
+        while len(role_pids(base)) < 3 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert len(role_pids(base)) == 3      # the fork server, the parameter server, a worker
+    finally:            # a run of 10**8 steps must not outlive a failed test
+        proc.kill()
+        proc.wait()
     deadline = time.monotonic() + 30
     while role_pids(base) and time.monotonic() < deadline:
         time.sleep(0.5)

@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -22,7 +23,8 @@ import grpc
 
 from drlbox.jobs import Job
 from drlbox.roles.interfaces import Checkpoint
-from drlbox.launch.processes import TOKEN_VARIABLE
+from drlbox.launch.forkserver import ForkServer, ForkServerGone
+from drlbox.launch.processes import TOKEN_VARIABLE, load_start_error, quiet_tensorflow_logs
 from drlbox.launch.progress import Progress
 from drlbox.rpc.security import Security
 from drlbox.rpc.server import PortInUseError, wait_healthy
@@ -115,16 +117,31 @@ class LocalRun:
         self._restarts: dict[str, int] = {}
         self._last_restart = -float("inf")
         self._interrupted = False
+        self._forks: ForkServer | None = None
+        self._error_file = ""
 
-    def _spawn(self, name: str, role: str, stdin: bytes | None = None, **kwargs: Any) -> None:
-        """Start a role as a fresh interpreter (the user's script is never re-imported)."""
+    def _role_env(self) -> dict:
+        """The environment of every role process."""
         # The user's makers may live in modules importable only through this process's
         # sys.path (e.g. beside their script): the roles get the same path.
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p or os.getcwd() for p in sys.path))
         env[TOKEN_VARIABLE] = self.token
+        quiet_tensorflow_logs(env)
+        return env
+
+    def _spawn(self, name: str, role: str, stdin: bytes | None = None, **kwargs: Any) -> None:
+        """Start a role: forked by the fork server, or else as a fresh interpreter (the user's
+        script is never re-imported either way)."""
+        if self._forks is not None and self._forks.alive:
+            try:
+                self.procs[name] = self._forks.fork(name, role, kwargs, stdin)
+                return
+            except ForkServerGone:
+                pass
         proc = subprocess.Popen(
             [sys.executable, "-m", "drlbox.launch.role", role, json.dumps(kwargs)],
-            stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL, env=env)
+            stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+            env=self._role_env())
         if stdin is not None:
             proc.stdin.write(stdin)
             proc.stdin.close()
@@ -137,28 +154,31 @@ class LocalRun:
         self._restart = {
             "parameter-server": lambda: self._spawn(
                 "parameter-server", "parameter-server", stdin=self.job.encode(),
-                job_id=self.job.job_id, port=ports["parameter server"], verbose=verbose),
+                job_id=self.job.job_id, port=ports["parameter server"], verbose=verbose,
+                error_file=self._error_file),
             "replay-server": lambda: self._spawn(
                 "replay-server", "replay", ps_address=ps_address,
                 port=ports.get("replay server"), verbose=verbose),
             "evaluator": lambda: self._spawn(
                 "evaluator", "evaluator", ps_address=ps_address,
                 status_port=ports.get("evaluator"), verbose=verbose)}
+        # Every role starts at once: the others wait for the parameter server (and the
+        # replay server) as they would for one that restarts.
         self._restart["parameter-server"]()
-        self._wait_started("parameter-server", ps_address)
         for k in range(1, cfg.ps_shards):
             self._spawn_shard(k)
-        replay_address = None
-        if cfg.uses_replay:
-            replay_address = f"{HOST}:{ports['replay server']}"
+        replay_address = f"{HOST}:{ports['replay server']}" if cfg.uses_replay else None
+        if replay_address:
             self._restart["replay-server"]()
-            self._wait_started("replay-server", replay_address)
         for i in range(cfg.num_parallel):
             self._spawn(f"worker-{i}", "worker", ps_address=ps_address,
                         replay_address=replay_address, index=i,
                         status_port=ports[f"worker {i}"], verbose=verbose)
         if cfg.eval_interval:
             self._restart["evaluator"]()
+        self._wait_started("parameter-server", ps_address)
+        if replay_address:
+            self._wait_started("replay-server", replay_address)
         return ps_address
 
     def _spawn_shard(self, k: int) -> None:
@@ -170,6 +190,9 @@ class LocalRun:
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if self.procs[name].poll() is not None:
+                error = load_start_error(self._error_file) if self._error_file else None
+                if error is not None:
+                    raise error
                 raise RuntimeError(f"the {name} exited during start-up "
                                    f"({how_it_ended(self.procs[name].returncode)})")
             if wait_healthy(address, timeout=1.0):
@@ -183,18 +206,25 @@ class LocalRun:
         """Start the roles, follow the job to its end, stop everything."""
         ports = plan_ports(self.config)
         check_ports_free(ports)
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")   # inherited by the role processes
         previous = {}
         if self.config.catch_signal:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 previous[sig] = signal.signal(sig, self._on_signal)
+        descriptor, self._error_file = tempfile.mkstemp(prefix="drlbox-start-error-")
+        os.close(descriptor)
+        os.remove(self._error_file)       # the parameter server writes it only on an error
         try:
+            # The run's ports in its arguments: every process of the run can be told apart.
+            self._forks = ForkServer(self._role_env(), f"ports {min(ports.values())}-"
+                                                       f"{max(ports.values())}")
             ps_address = self._start_roles(ports)
             result = self._follow(ps_address)
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
             self._shutdown()
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(self._error_file)
         if self.config.save_dir:        # the run ended: nothing to resume any more
             resume = os.path.join(self.config.save_dir, f".resume-{self.job.job_id}.npz")
             if os.path.exists(resume):
@@ -234,7 +264,15 @@ class LocalRun:
                     continue
                 time.sleep(0.25)
             self._join_workers(timeout=60.0)
-            status = client.status()
+            try:
+                status = client.status()
+            except grpc.RpcError:
+                # The parameter server may have ended right after saying the job stopped
+                # (SIGTERM to every process of the run): once its end is known, say how.
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.procs["parameter-server"].wait(10.0)
+                self._check_roles(failed, progress, client)
+                raise
         except _StoppedFromOutside as stopped:
             if status is None or not self._interrupted:
                 raise RuntimeError(str(stopped)) from None
@@ -334,3 +372,5 @@ class LocalRun:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        if self._forks is not None:
+            self._forks.close()

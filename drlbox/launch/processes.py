@@ -5,6 +5,7 @@ every TF-using entry point first caps TF's thread pools for small machines.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -54,9 +55,55 @@ def private_security() -> Any:
     return Security(token=os.environ.get(TOKEN_VARIABLE) or None)
 
 
+TF_LOGS_VARIABLE = "DRLBOX_TF_LOGS"
+
+
+def quiet_tensorflow_logs(env: Any = os.environ) -> None:
+    """Keep TensorFlow's C++ log lines (e.g. a CUDA probe's error on a machine without a GPU,
+    which reads like a failure) out of the user's terminal, unless DRLBOX_TF_LOGS=1 asks for
+    them or TF_CPP_MIN_LOG_LEVEL is set already. Only takes effect before TensorFlow is
+    imported; errors still raise as exceptions."""
+    if env.get(TF_LOGS_VARIABLE, "0") in ("", "0"):
+        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+@contextlib.contextmanager
+def quiet_stderr():
+    """Mute file descriptor 2 (C++ libraries write there directly) unless DRLBOX_TF_LOGS=1.
+
+    TensorFlow's start-up lines (oneDNN, CUDA probing) ignore TF_CPP_MIN_LOG_LEVEL: they are
+    written while TensorFlow loads, so the load itself is muted.
+    """
+    if os.environ.get(TF_LOGS_VARIABLE, "0") not in ("", "0"):
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def import_tensorflow_quietly() -> None:
+    """Import TensorFlow and start its runtime without its C++ log lines (see quiet_stderr),
+    for drlbox code that runs in the user's own process (e.g. make_evaluator)."""
+    if "tensorflow" in sys.modules:
+        return              # the user's own import: their terminal, their settings
+    quiet_tensorflow_logs()
+    with quiet_stderr():
+        import tensorflow as tf
+
+        tf.constant(0.0) + 1.0
+
+
 def _child_setup(verbose: bool, role: str) -> None:
     """Common start of every role process: quiet logs, leave Ctrl-C to the launcher."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    quiet_tensorflow_logs()
     keep_freed_memory()
     setup_logging(role, verbose)
     # The launcher owns Ctrl-C and stops the roles in order; a child that took the SIGINT
@@ -80,24 +127,14 @@ def _watch_parent() -> None:
 
 
 def limit_tf_threads() -> None:
-    """Import TF with one thread per pool (roles run side by side on few cores), quietly.
-
-    TensorFlow's C++ start-up lines (oneDNN, CUDA probing) ignore TF_CPP_MIN_LOG_LEVEL, so
-    stderr is muted while TF loads and initialises its runtime; errors still raise afterwards.
-    """
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    try:
+    """Import TF with one thread per pool (roles run side by side on few cores), quietly: its
+    runtime is initialised here, with stderr muted (see quiet_stderr)."""
+    with quiet_stderr():
         import tensorflow as tf
 
         tf.config.threading.set_intra_op_parallelism_threads(1)
         tf.config.threading.set_inter_op_parallelism_threads(1)
-        tf.constant(0.0) + 1.0      # initialise the runtime while stderr is muted
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
+        tf.constant(0.0) + 1.0
 
 
 def _serve_until_terminated(server: Any, on_term: Any = None) -> None:
@@ -128,12 +165,65 @@ def build_parameter_server(job: Any, resume_file: str | None = None, shards: int
     try:
         algorithm = make_algorithm(config, env.action_space)
         model = make_model(config, env, algorithm)
+        check_model_fits(config, env, model)
         spec = rollout_spec(config, env, algorithm, model) if config.uses_replay else None
         return ParameterServer(job.job_id, config, model, resume_file=resume_file,
                                shards=shards, connect=lambda address: ShardPeer(address, security),
                                rollout_spec=spec)
     finally:
         env.close()
+
+
+def check_model_fits(config: Any, env: Any, model: Any) -> None:
+    """Run the model on a real observation, so that a mistake in the makers is reported as
+    what to fix (state_to_input maps an observation to the model's input) rather than a role
+    dying later."""
+    import numpy as np
+
+    from drlbox.layers.noisy import synced_weights
+    from drlbox.ops.flat_weights import WeightLayout, shard_bounds
+
+    obs, _ = env.reset(seed=config.seed)
+    x = obs if config.state_to_input is None else config.state_to_input(obs)
+    x = np.asarray(x, np.float32)[np.newaxis]
+    expected = tuple(model.inputs[0].shape[1:])
+    if len(model.inputs) != 1 or tuple(x.shape[1:]) != expected:
+        raise ValueError(f"the model takes inputs of shape {expected} but an observation "
+                         f"becomes {tuple(x.shape[1:])} after state_to_input; make them "
+                         f"agree (state_to_input maps observation -> model input)")
+    model(x)
+    shard_bounds(WeightLayout(synced_weights(model)).size, config.ps_shards)
+
+
+def save_start_error(path: str, err: BaseException) -> None:
+    """Hand the launcher the error that stopped this role from starting: it raises it in the
+    user's process, with this process's traceback as a note."""
+    import traceback
+
+    import cloudpickle
+
+    where = "".join(traceback.format_exception(err))
+    try:
+        data = cloudpickle.dumps(err)
+        cloudpickle.loads(data)
+    except Exception:       # noqa: BLE001 -- not every exception pickles; its words do
+        data = cloudpickle.dumps(RuntimeError(f"{type(err).__name__}: {err}"))
+    with open(path, "wb") as f:
+        f.write(cloudpickle.dumps((data, where)))
+
+
+def load_start_error(path: str) -> BaseException | None:
+    """The error a role saved with save_start_error, if it saved one."""
+    import cloudpickle
+
+    try:
+        with open(path, "rb") as f:
+            data, where = cloudpickle.loads(f.read())
+    except (OSError, EOFError):
+        return None
+    err = cloudpickle.loads(data)
+    err.add_note(f"(raised while the parameter server built the job:)\n{where}")
+    return err
 
 
 def rollout_spec(config: Any, env: Any, algorithm: Any, model: Any) -> dict:
@@ -154,8 +244,10 @@ def rollout_spec(config: Any, env: Any, algorithm: Any, model: Any) -> dict:
     return list_spec(example, getattr(env.action_space, "n", None))
 
 
-def run_parameter_server(job_id: str, job_bytes: bytes, port: int, verbose: bool) -> None:
-    """The parameter server process: build the model, serve until terminated."""
+def run_parameter_server(job_id: str, job_bytes: bytes, port: int, verbose: bool,
+                         error_file: str | None = None) -> None:
+    """The parameter server process: build the model, serve until terminated. What stops the
+    build (e.g. a mistake in the user's makers) goes to `error_file` for the launcher."""
     _child_setup(verbose, "parameter-server")
     limit_tf_threads()
     from drlbox.jobs import Job
@@ -163,9 +255,16 @@ def run_parameter_server(job_id: str, job_bytes: bytes, port: int, verbose: bool
     from drlbox.rpc.parameter_server import add_parameter_server
     from drlbox.rpc.server import make_server
 
-    job = Job.decode(job_id, job_bytes)
-    server_role = build_parameter_server(job, local_resume_file(job),
-                                         shards=job.config.ps_shards)
+    try:
+        job = Job.decode(job_id, job_bytes)
+        server_role = build_parameter_server(job, local_resume_file(job),
+                                             shards=job.config.ps_shards,
+                                             security=private_security())
+    except Exception as err:
+        if error_file is None:
+            raise
+        save_start_error(error_file, err)
+        sys.exit(3)
     server, _ = make_server(port, [add_parameter_server(SingleJob(job, server_role))],
                             max_workers=PS_THREADS, security=private_security())
     log.info("parameter server for job %s on port %d", job.job_id, port)

@@ -22,6 +22,10 @@ MAX_MESSAGE_BYTES = 16 << 20
 _OPTIONS = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", 0)]
+# A peer that is still starting is tried again within a tenth of a second, not gRPC's default
+# second (roles of a local run start together and meet within ~0.3 s).
+_RECONNECT = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
+              ("grpc.max_reconnect_backoff_ms", 5000)]
 
 
 def _service_config(wait_for_ready: bool) -> str:
@@ -177,7 +181,7 @@ def make_channel(address: str, security: Security | None = None,
     Roles wait for a peer that is (re)starting (`wait_for_ready`); the SDK does not, so that
     it can report an unreachable cluster itself.
     """
-    channel = _raw_channel(address, security, _OPTIONS + [
+    channel = _raw_channel(address, security, _OPTIONS + _RECONNECT + [
         ("grpc.service_config", _service_config(wait_for_ready)), ("grpc.enable_retries", 1),
         # Without it every server-streaming call (weight pulls) starts a thread: ~1 ms each.
         (grpc.experimental.ChannelOptions.SingleThreadedUnaryStream, 1)])
@@ -187,7 +191,7 @@ def make_channel(address: str, security: Security | None = None,
 
 def wait_healthy(address: str, timeout: float, security: Security | None = None) -> bool:
     """True once the role at address reports SERVING, False after timeout seconds."""
-    with _raw_channel(address, security, []) as channel:
+    with _raw_channel(address, security, _RECONNECT) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=timeout,
