@@ -11,8 +11,8 @@ imported inside the makers, which keeps `drlbox submit` quick.
 
 The settings are examples/cartpole_presets.py's A3C preset (separate Tanh policy and value
 networks, 8 envs per worker, 32-step lists); the job ends once the cluster's evaluator measures
-a greedy mean return of 475 over 10 episodes, or after train_steps. `num_parallel` has no effect on a cluster: its
-worker count applies (`make scale WORKERS=N`).
+a greedy mean return of 475 over 10 episodes, or after train_steps. `num_parallel` has no
+effect on a cluster: its worker count applies (`make scale WORKERS=N`).
 """
 import gymnasium
 
