@@ -116,8 +116,9 @@ def add_job_commands(commands: argparse._SubParsersAction) -> None:
     fetch.add_argument("--step", type=int, default=None, metavar="N",
                        help="the checkpoint saved at N env steps (default: the newest)")
     fetch.add_argument("-o", "--output", default=".", metavar="DIR_OR_FILE",
-                       help="an existing directory (the file is named JOB_model_....keras) "
-                            "or a file path (default: the current directory)")
+                       help="an existing directory, where the file is named "
+                            "JOB_model_final.keras or JOB_model_<steps>.keras, or a file path "
+                            "(default: the current directory)")
 
 
 # --- the submission file -----------------------------------------------------------------
@@ -253,6 +254,7 @@ def _state(status: Any) -> str:
 
 def jobs_table(statuses: list) -> str:
     """The `drlbox jobs` table: one line per job, oldest first."""
+    # RETURN: the mean over the last (<= 100) training episodes.
     header = ("JOB", "ALGO", "STATE", "STEPS", "STEPS/S", "RETURN", "TRAIN TIME")
     rows = [(s.job_id, s.algorithm or "?", _state(s), f"{s.global_steps:,}/{s.train_steps:,}",
              f"{s.steps_per_sec:,.0f}" if s.global_steps else "-", _number(s.recent_return),
