@@ -1,7 +1,8 @@
 """`drlbox COMMAND`: run a role of a drlbox cluster, check a role's health, or drive its jobs.
 
-The job commands (submit, jobs, status, cancel, fetch) live in `drlbox.cli_jobs`. Every flag has a DRLBOX_* environment variable (the flag wins), so containers are configured by
-their environment alone. Roles bound to anything but loopback need a token.
+The job commands (submit, jobs, status, cancel, fetch) live in `drlbox.cli_jobs`. Every flag
+has a DRLBOX_* environment variable (the flag wins), so containers are configured by their
+environment alone. Roles bound to anything but loopback need a token.
 """
 from __future__ import annotations
 
