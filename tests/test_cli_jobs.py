@@ -83,7 +83,7 @@ def test_submit_the_example_follow_it_to_done_and_fetch_its_model(cluster, tmp_p
     status = fields(followed.stdout)
     assert status["state"] == "done: reached train_steps=3000", followed.stdout
     assert status["checkpoint"].startswith("model_final.keras at "), followed.stdout
-    assert f"/3000 [" in followed.stderr           # the progress bar, full
+    assert "/3000 [" in followed.stderr           # the progress bar, full
 
     fetched = drlbox(cluster, "fetch", job_id, "-o", str(tmp_path))
     assert fetched.returncode == 0, fetched.stderr
