@@ -84,6 +84,10 @@ clean:
 #                            until every container is healthy
 #   make scale WORKERS=N     change the number of workers
 #   make ps | logs [SERVICE=worker] [FOLLOW=1] | token
+#   make tensorboard [PORT=6006]
+#                            TensorBoard over every job's scalars on http://127.0.0.1:PORT, from
+#                            the parameter-server image with the data volume read-only (Ctrl-C
+#                            stops it)
 #   make down [VOLUMES=1]    remove containers and network (VOLUMES=1 also deletes checkpoints)
 #   make clean-cluster       down and delete the checkpoint volume
 #   make k8s-validate        render k8s/ with kustomize and validate it strictly
@@ -108,10 +112,12 @@ DC_BASE = $(COMPOSE) -p $(CLUSTER_PROJECT) -f $(CLUSTER_FILE)
 DC = $(if $(TAG),DRLBOX_TAG=$(TAG) )DRLBOX_PS_SHARDS=$(PS_SHARDS) $(DC_BASE)
 # Commands that create no containers work without deploy/.env (the compose file requires a token).
 DC_NOTOKEN = $(if $(wildcard $(CLUSTER_ENV)),,DRLBOX_TOKEN=not-needed )$(DC)
-WAIT_HEALTHY = COMPOSE_CMD="$(DC_BASE)" SCALED_TO_ZERO="$(if $(filter 1,$(PS_SHARDS)),ps-shard)" \
+# No container to wait for from tensorboard either: only `make tensorboard` runs it (a profile),
+# but docker-compose 1.29 lists it in `config --services` all the same.
+WAIT_HEALTHY = COMPOSE_CMD="$(DC_BASE)" SCALED_TO_ZERO="tensorboard $(if $(filter 1,$(PS_SHARDS)),ps-shard)" \
 	bash deploy/wait-healthy.sh
 
-.PHONY: docker-setup images up scale down clean-cluster logs ps token k8s-validate
+.PHONY: docker-setup images up scale down clean-cluster logs ps token tensorboard k8s-validate
 
 docker-setup:
 	@echo "==> docker-setup: packages, dockerd and a base image (images/ensure-docker.sh)"
@@ -163,6 +169,14 @@ ps:
 token:
 	@test -f $(CLUSTER_ENV) || { echo "no $(CLUSTER_ENV) yet: 'make up' writes one" >&2; exit 1; }
 	@sed -n 's/^DRLBOX_TOKEN=//p' $(CLUSTER_ENV)
+
+# PORT from the command line only (`make tensorboard PORT=6007`): an inherited PORT is not ours.
+TENSORBOARD_PORT = $(if $(filter command line,$(origin PORT)),$(PORT),6006)
+tensorboard:
+	@echo "==> tensorboard: the parameter-server image (built only if missing)"
+	bash images/build.sh --if-missing parameter-server
+	@echo "==> tensorboard: every job's scalars on http://127.0.0.1:$(TENSORBOARD_PORT) (Ctrl-C stops it)"
+	DRLBOX_TENSORBOARD_PORT=$(TENSORBOARD_PORT) $(DC_NOTOKEN) run --rm --service-ports tensorboard
 
 k8s-validate: $(STAMP)
 	@echo "==> k8s-validate: kustomize build + kubernetes-validate --strict (k8s/validate.sh)"

@@ -1,7 +1,8 @@
-"""`drlbox ROLE`: run one role of a drlbox cluster, or check a role's health.
+"""`drlbox COMMAND`: run a role of a drlbox cluster, check a role's health, or drive its jobs.
 
-Every flag has a DRLBOX_* environment variable (the flag wins), so containers are configured by
-their environment alone. Roles bound to anything but loopback need a token.
+The job commands (submit, jobs, status, cancel, fetch) live in `drlbox.cli_jobs`. Every flag
+has a DRLBOX_* environment variable (the flag wins), so containers are configured by their
+environment alone. Roles bound to anything but loopback need a token.
 """
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import argparse
 import ipaddress
 import os
 import sys
+
+from drlbox import cli_jobs
 
 DEFAULT_PORTS = {"parameter-server": 50051, "worker": 50052, "replay": 50053,
                  "evaluator": 50054, "ps-shard": 50055}
@@ -38,7 +41,7 @@ def _add_security_flags(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The `drlbox` command line."""
     parser = argparse.ArgumentParser(prog="drlbox", description=__doc__.splitlines()[0])
-    roles = parser.add_subparsers(dest="role", required=True, metavar="ROLE")
+    roles = parser.add_subparsers(dest="role", required=True, metavar="COMMAND")
     for role, port in DEFAULT_PORTS.items():
         sub = roles.add_parser(role, help=ROLE_HELP[role], description=ROLE_HELP[role])
         sub.add_argument("--host", default=_env("HOST", "0.0.0.0"),
@@ -78,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_argument("--tls", action="store_true", default=bool(_env("TLS_CERT")),
                         help="the role serves TLS (default: when DRLBOX_TLS_CERT is set)")
     _add_security_flags(health)
+    cli_jobs.add_job_commands(roles)
     return parser
 
 
@@ -126,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.role == "health":
         return _health(args)
+    if args.role in cli_jobs.COMMANDS:
+        return cli_jobs.run(args)
     from drlbox.launch import cluster
 
     try:

@@ -129,7 +129,7 @@ class Job:
 
         deadline = None if timeout is None else time.monotonic() + timeout
         status = self.status()
-        bar = Progress(progress, status.train_steps, self.job_id)
+        bar = Progress(progress, status.train_steps, self.job_id, status.global_steps)
         try:
             while True:
                 bar.update(status)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -24,10 +23,8 @@ from drlbox.rpc.generated import job_control_pb2 as jc_pb
 from drlbox.rpc.generated import job_control_pb2_grpc as jc_grpc
 from drlbox.rpc.security import Security
 from drlbox.rpc.server import make_channel, wait_healthy
-from drlbox.rpc.status import get_role_status
+from tests.conftest import START_TIMEOUT, TOKEN, Cluster, free_cluster_ports, wait_until
 
-TOKEN = "test-token-7f3a"
-START_TIMEOUT = 120.0
 pytestmark = pytest.mark.slow
 
 
@@ -49,73 +46,10 @@ def cartpole_job(**overrides):
     return settings
 
 
-class Cluster:
-    """Cluster-mode roles as processes on loopback, stopped on close()."""
-
-    def __init__(self, base_port: int, data_dir: str, workers: int = 2, replay: bool = False,
-                 evaluator: bool = False, shards: int = 1):
-        self.ps_port, self.data_dir, self.shards = base_port, data_dir, shards
-        self.ps_address = f"127.0.0.1:{base_port}"
-        self.procs: dict[str, subprocess.Popen] = {}
-        self.worker_ports = [base_port + 3 + i for i in range(workers)]
-        self.shard_ports = [base_port + 3 + workers + k for k in range(shards - 1)]
-        self.start_parameter_server()
-        for k, port in enumerate(self.shard_ports, start=1):
-            self.start(f"ps-shard-{k}", "ps-shard", port)
-        if replay:
-            self.start("replay", "replay", base_port + 1)
-        if evaluator:
-            self.start("evaluator", "evaluator", base_port + 2)
-        for i, port in enumerate(self.worker_ports):
-            self.start(f"worker-{i}", "worker", port,
-                       "--replay", f"127.0.0.1:{base_port + 1}")
-
-    def _spawn(self, name: str, args: list[str]) -> None:
-        env = dict(os.environ, DRLBOX_TOKEN=TOKEN, DRLBOX_HOST="127.0.0.1",
-                   TF_CPP_MIN_LOG_LEVEL="2")
-        self.procs[name] = subprocess.Popen([sys.executable, "-m", "drlbox.cli", *args], env=env)
-
-    def start_parameter_server(self) -> None:
-        self._spawn("parameter-server", ["parameter-server", "--port", str(self.ps_port),
-                                         "--data-dir", self.data_dir,
-                                         "--shards", str(self.shards)])
-        assert wait_healthy(self.ps_address, START_TIMEOUT), "parameter server did not start"
-
-    def start(self, name: str, role: str, port: int, *extra: str) -> None:
-        self._spawn(name, [role, "--port", str(port), "--ps", self.ps_address, *extra])
-        assert wait_healthy(f"127.0.0.1:{port}", START_TIMEOUT), f"{name} did not start"
-
-    def kill(self, name: str) -> None:
-        proc = self.procs.pop(name)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-
-    def worker_states(self) -> list[tuple[str, str]]:
-        security = Security(token=TOKEN)
-        return [(r.state, r.job_id) for r in
-                (get_role_status(f"127.0.0.1:{p}", security=security)
-                 for p in self.worker_ports)]
-
-    def close(self) -> None:
-        for proc in self.procs.values():
-            proc.terminate()
-        for proc in self.procs.values():
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    from tests.conftest import _range_free
-
-    base = 21000 + (os.getpid() % 100) * 20
-    while not _range_free(base, 6):
-        base += 6
-    running = Cluster(base, str(tmp_path_factory.mktemp("cluster-data")), workers=2,
-                      replay=True, evaluator=True)
+    running = Cluster(free_cluster_ports(), str(tmp_path_factory.mktemp("cluster-data")),
+                      workers=2, replay=True, evaluator=True)
     yield running
     running.close()
 
@@ -124,16 +58,6 @@ def cluster(tmp_path_factory):
 def client(cluster):
     with Client(cluster.ps_address, token=TOKEN, retry_seconds=30) as c:
         yield c
-
-
-def wait_until(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_sdk_imports_without_tensorflow():

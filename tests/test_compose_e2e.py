@@ -1,5 +1,6 @@
-"""End to end with real Docker: `make images`, `make up WORKERS=2 PS_SHARDS=2`, the SDK, a killed
-worker and a killed parameter-server shard, `make down`. Skipped where no Docker engine answers, except in CI (CI=true) or with
+"""End to end with real Docker: `make images`, `make up WORKERS=2 PS_SHARDS=2`, the SDK and the
+`drlbox` job commands, `make tensorboard`, a killed worker and a killed parameter-server shard,
+`make down`. Skipped where no Docker engine answers, except in CI (CI=true) or with
 DRLBOX_E2E=1, where a missing engine is a failure. Prints how long each step took.
 
 The cluster runs as its own compose project on its own loopback port, so a developer's
@@ -7,11 +8,15 @@ The cluster runs as its own compose project on its own loopback port, so a devel
 """
 from __future__ import annotations
 
+import json
 import os
 import secrets
+import signal
 import socket
 import subprocess
+import sys
 import time
+import urllib.request
 
 import pytest
 
@@ -109,7 +114,8 @@ def test_compose_cluster_trains_survives_a_killed_worker_and_comes_down(tmp_path
         step("make up WORKERS=2 PS_SHARDS=2 (until healthy)", make, "up", env)
         assert len(service_containers()) == 2
         assert len(service_containers("ps-shard")) == 1
-        client = Client(f"127.0.0.1:{env['DRLBOX_SDK_PORT']}", token=token, retry_seconds=120)
+        address = f"127.0.0.1:{env['DRLBOX_SDK_PORT']}"
+        client = Client(address, token=token, retry_seconds=120)
         settings = dict(env_maker=lambda: gymnasium.make("CartPole-v1"), feature_maker=features,
                         rollout_maxlen=8, batch_size=4, opt_kwargs={"learning_rate": 2e-3},
                         save_interval=5000)
@@ -124,6 +130,26 @@ def test_compose_cluster_trains_survives_a_killed_worker_and_comes_down(tmp_path
                                                     env_maker=lambda: gymnasium.make(
                                                         "CartPole-v1")).run)
         assert len(result.returns) == 5
+
+        # The same from the shell: `drlbox jobs/status/fetch` with the cluster's address+token.
+        cli_env = {"DRLBOX_ADDRESS": address, "DRLBOX_TOKEN": token}
+        listed = step("drlbox jobs", drlbox_cli, cli_env, "jobs")
+        assert any(line.split()[:3] == [job.job_id, "a3c", "done"]
+                   for line in listed.splitlines()), listed
+        shown = step("drlbox status JOB", drlbox_cli, cli_env, "status", job.job_id)
+        assert "done: reached train_steps=20000" in shown, shown
+        fetched = step("drlbox fetch JOB", drlbox_cli, cli_env, "fetch", job.job_id, "-o",
+                       str(tmp_path / "from-cli.keras")).strip()
+        assert fetched == str(tmp_path / "from-cli.keras") and os.path.getsize(fetched) > 0
+        refused = subprocess.run([sys.executable, "-m", "drlbox.cli", "jobs", "--token", "wrong"],
+                                 cwd=ROOT, env=dict(os.environ, **cli_env), capture_output=True,
+                                 text=True, timeout=120)
+        assert refused.returncode == 2 and refused.stderr.startswith("drlbox: "), refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+
+        # `make tensorboard`: every job's scalars, the one above included, on loopback.
+        runs = step("make tensorboard lists the job's run", _tensorboard_runs, env, job.job_id)
+        assert any(run.startswith(job.job_id) for run in runs), runs
 
         # Unbounded, so the job cannot finish before the faults below (it once did in 10 s).
         job = step("submit again", client.submit, "a3c", train_steps=10**9, **settings)
@@ -140,7 +166,8 @@ def test_compose_cluster_trains_survives_a_killed_worker_and_comes_down(tmp_path
              check=True, capture_output=True)
         step("restart it; it takes its slice back and training goes on", _restart_shard, shard,
              job)
-        step("cancel the job", job.cancel)
+        cancelled = step("drlbox cancel JOB", drlbox_cli, cli_env, "cancel", job.job_id)
+        assert cancelled.startswith(f"{job.job_id}: cancelled"), cancelled
         status = job.wait(timeout=300)
         assert status.state == "cancelled", status.message
         assert status.global_steps >= killed_at + 10_000
@@ -150,6 +177,46 @@ def test_compose_cluster_trains_survives_a_killed_worker_and_comes_down(tmp_path
     assert project_containers() == [], "containers left after make down"
     total = sum(seconds for _, seconds in step.times)
     step.say(f"e2e: total {total:.1f} s")
+
+
+def drlbox_cli(env: dict, *args: str) -> str:
+    """`drlbox ARGS` from this machine, as a user runs it; its standard output."""
+    done = subprocess.run([sys.executable, "-m", "drlbox.cli", *args], cwd=ROOT,
+                          env=dict(os.environ, **env), capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, f"drlbox {' '.join(args)} failed:\n{done.stderr[-2000:]}"
+    return done.stdout
+
+
+def _tensorboard_runs(env: dict, job_id: str, timeout: float = 180) -> list[str]:
+    """Start `make tensorboard` on a free port, read its list of runs once the job's is there,
+    and stop it as Ctrl-C does."""
+    port = free_port()
+    server = subprocess.Popen(["make", "-s", "tensorboard", f"PORT={port}",
+                               *[f"{k}={v}" for k, v in env.items()]], cwd=ROOT,
+                              env=dict(os.environ, **env), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    runs: list[str] = []
+    try:
+        while not any(run.startswith(job_id) for run in runs):
+            assert server.poll() is None, f"make tensorboard exited:\n{server.stdout.read()}"
+            assert time.monotonic() < deadline, "TensorBoard did not list the job's run"
+            time.sleep(2.0)
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/data/runs",
+                                            timeout=5) as reply:
+                    runs = json.loads(reply.read())
+            except OSError:
+                continue
+        return runs
+    finally:
+        os.killpg(server.pid, signal.SIGINT)
+        try:
+            server.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
 
 
 def _restart_and_rejoin(container: str, job_id: str, timeout: float = 300) -> None:

@@ -10,13 +10,16 @@ from drlbox.roles.interfaces import JobStatus
 class Progress:
     """A tqdm bar over train_steps when verbose; silent otherwise."""
 
-    def __init__(self, verbose: bool, total_steps: int, description: str):
+    def __init__(self, verbose: bool, total_steps: int, description: str,
+                 initial_steps: int = 0):
         self._bar = None
         if verbose:
             from tqdm import tqdm
 
+            # initial_steps: a job followed mid-way; its rate counts from here, not from 0.
             self._bar = tqdm(total=total_steps, desc=description, unit="step", file=sys.stderr,
-                             dynamic_ncols=True, smoothing=0.1)
+                             dynamic_ncols=True, smoothing=0.1,
+                             initial=min(initial_steps, total_steps))
 
     def update(self, status: JobStatus) -> None:
         """Move the bar to the job's global steps and show its latest figures."""
