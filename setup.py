@@ -20,6 +20,7 @@ setup(
         "cloudpickle>=3",
         "tqdm>=4.60",
         "tensorboard>=2.16",      # tf.summary scalars; TensorFlow no longer installs it
+        "prometheus-client>=0.26",    # each role's /metrics (drlbox.metrics)
     ],
     entry_points={"console_scripts": ["drlbox=drlbox.cli:main"]},
     extras_require={
