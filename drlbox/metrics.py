@@ -13,6 +13,7 @@ import bisect
 import collections
 import logging
 import math
+import os
 from typing import Any, Iterable, Sequence
 
 log = logging.getLogger(__name__)
@@ -20,6 +21,10 @@ log = logging.getLogger(__name__)
 # `drlbox ROLE` serves metrics on these ports unless told otherwise (--metrics-port 0: off).
 DEFAULT_METRICS_PORTS = {"parameter-server": 9450, "worker": 9451, "replay": 9452,
                          "evaluator": 9453, "ps-shard": 9454}
+# A local run's roles serve metrics only when this is set: on loopback, from this port on,
+# as its gRPC ports follow port_begin (parameter server +0, replay +1, evaluator +2, worker
+# i +3+i; its ps-shard processes serve none).
+PORT_BASE_VARIABLE = "DRLBOX_METRICS_PORT_BASE"
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                    2.5, 5.0, 10.0)
 STALENESS_BUCKETS = (0, 1, 2, 4, 8, 16, 32, 64, 128)
@@ -125,9 +130,10 @@ class _WatchingCollector(_Collector):
         self._current: tuple[str, Any] | None = None
         self._frozen: list | None = None
 
-    def watch(self, job_id: str, target: Any) -> None:
+    def watch(self, job_id: str, target: Any) -> "_WatchingCollector":
         """Read `target`, working on job_id, from now on."""
         self._current, self._frozen = (job_id, target), None
+        return self
 
     def freeze(self) -> None:
         """Keep the current values and drop the object."""
@@ -313,6 +319,18 @@ def serve_metrics(port: int | None, host: str, collector: Any, role: str) -> Any
         return None
     log.info("%s: metrics on http://%s:%d/metrics", role, host, server.server_port)
     return server
+
+
+def serve_local_metrics(offset: int, collector: Any, role: str) -> Any:
+    """In a local run's role process: serve metrics on loopback at $DRLBOX_METRICS_PORT_BASE
+    + offset when that variable is set (a bad value is logged, not raised)."""
+    base = os.environ.get(PORT_BASE_VARIABLE, "")
+    try:
+        port = check_metrics_port(base, PORT_BASE_VARIABLE)
+    except ValueError as err:
+        log.warning("%s: metrics off: %s", role, err)
+        return None
+    return serve_metrics(port and port + offset, "127.0.0.1", collector, role)
 
 
 def check_metrics_port(value: str | int | None, where: str) -> int:

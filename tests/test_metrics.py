@@ -10,6 +10,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 
@@ -215,3 +216,40 @@ def test_a_taken_metrics_port_leaves_the_role_serving_without_metrics():
             role.terminate()
             _, err = role.communicate(timeout=30)
     assert "metrics off" in err and "--metrics-port" in err
+
+
+def test_a_local_run_serves_metrics_when_given_a_port_base(port_base, monkeypatch):
+    from conftest import cartpole, small_features
+    from drlbox.metrics import PORT_BASE_VARIABLE
+    from drlbox.trainer import make_trainer
+
+    metrics = port_base(4)
+    monkeypatch.setenv(PORT_BASE_VARIABLE, str(metrics))
+    seen: dict = {}
+    done = threading.Event()
+
+    def watch(role: str, port: int) -> None:    # the roles exit with the run: read them now
+        while not done.is_set():
+            try:
+                seen[role] = scrape(port)
+            except OSError:
+                pass
+            time.sleep(0.1)
+
+    watchers = [threading.Thread(target=watch, args=args, daemon=True)
+                for args in (("parameter-server", metrics), ("worker", metrics + 3))]
+    for watcher in watchers:
+        watcher.start()
+    try:
+        result = make_trainer("a3c", env_maker=cartpole, feature_maker=small_features,
+                              num_parallel=1, train_steps=3000, rollout_maxlen=8, batch_size=4,
+                              port_begin=port_base(4)).run()
+    finally:
+        done.set()
+        for watcher in watchers:
+            watcher.join()
+    job = {"job": result.job_id}
+    assert 0 < value(seen["parameter-server"], "drlbox_env_steps_total", **job) <= \
+        result.global_steps
+    assert 0 < value(seen["worker"], "drlbox_worker_env_steps_total", **job) <= \
+        result.global_steps
