@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 import collections
+import itertools
 import logging
 import math
 import os
@@ -50,16 +51,8 @@ class BucketCounts:
 
     def cumulative(self) -> list[tuple[str, int]]:
         """(upper bound, count of values <= it) pairs, as Prometheus histograms have them."""
-        counts, total = list(self.counts), 0
-        out = []
-        for bound, count in zip([*map(_bound_text, self.bounds), "+Inf"], counts):
-            total += count
-            out.append((bound, total))
-        return out
-
-
-def _bound_text(bound: float) -> str:
-    return str(float(bound))
+        bounds = [str(float(b)) for b in self.bounds] + ["+Inf"]
+        return list(zip(bounds, itertools.accumulate(list(self.counts))))
 
 
 class RecentReturns:

@@ -182,6 +182,16 @@ def test_every_role_reports_what_the_job_did(cluster):
     assert value(evaluator, "drlbox_evaluator_mean_return", job=jid) == last_eval
 
 
+def test_bucket_counts_follow_prometheus_le_buckets():
+    from drlbox.metrics import BucketCounts
+
+    counts = BucketCounts((0, 1, 4))
+    for staleness in (0, 0, 1, 2, 4, 5, 100):
+        counts.observe(staleness)
+    assert counts.cumulative() == [("0.0", 2), ("1.0", 3), ("4.0", 5), ("+Inf", 7)]
+    assert counts.sum == 112
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
