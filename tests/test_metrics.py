@@ -23,7 +23,6 @@ from drlbox.rpc.server import wait_healthy
 TOKEN = "test-token-metrics"
 START_TIMEOUT = 120.0
 ROLES = ("parameter-server", "ps-shard", "replay", "evaluator", "worker")
-pytestmark = pytest.mark.slow
 
 
 def features(space):
@@ -104,6 +103,7 @@ def cluster(port_base, tmp_path):
     running.close()
 
 
+@pytest.mark.slow
 def test_every_role_reports_what_the_job_did(cluster):
     import gymnasium
 
@@ -228,6 +228,7 @@ def test_a_taken_metrics_port_leaves_the_role_serving_without_metrics():
     assert "metrics off" in err and "--metrics-port" in err
 
 
+@pytest.mark.slow
 def test_a_local_run_serves_metrics_when_given_a_port_base(port_base, monkeypatch):
     from conftest import cartpole, small_features
     from drlbox.metrics import PORT_BASE_VARIABLE
