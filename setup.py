@@ -21,6 +21,7 @@ setup(
         "tqdm>=4.60",
         "tensorboard>=2.16",      # tf.summary scalars; TensorFlow no longer installs it
         "setproctitle>=1.3",      # forked roles show their own command line in ps
+        "prometheus-client>=0.26",    # each role's /metrics (drlbox.metrics)
     ],
     entry_points={"console_scripts": ["drlbox=drlbox.cli:main"]},
     extras_require={

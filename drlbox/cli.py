@@ -12,6 +12,7 @@ import os
 import sys
 
 from drlbox import cli_jobs
+from drlbox.metrics import DEFAULT_METRICS_PORTS
 
 DEFAULT_PORTS = {"parameter-server": 50051, "worker": 50052, "replay": 50053,
                  "evaluator": 50054, "ps-shard": 50055}
@@ -48,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
                          help="address to listen on (DRLBOX_HOST, default 0.0.0.0)")
         sub.add_argument("--port", type=int, default=int(_env("PORT", str(port))),
                          help=f"port to listen on (DRLBOX_PORT, default {port})")
+        metrics_port = DEFAULT_METRICS_PORTS[role]
+        sub.add_argument("--metrics-port", default=_env("METRICS_PORT", str(metrics_port)),
+                         help=f"serve Prometheus metrics at http://HOST:PORT/metrics, no token "
+                              f"(DRLBOX_METRICS_PORT, default {metrics_port}; 0 or empty: off)")
         _add_security_flags(sub)
         sub.add_argument("--tls-cert", default=_env("TLS_CERT"),
                          help="PEM certificate: serve TLS only (DRLBOX_TLS_CERT)")
@@ -96,6 +101,7 @@ def _is_loopback(host: str) -> bool:
 
 def _endpoint(args: argparse.Namespace):
     from drlbox.launch.cluster import Endpoint
+    from drlbox.metrics import check_metrics_port
     from drlbox.rpc.security import Security
 
     security = Security.from_files(token=args.token, token_file=args.token_file,
@@ -112,7 +118,8 @@ def _endpoint(args: argparse.Namespace):
         raise ValueError(f"drlbox {args.role} needs the parameter server's address: set "
                          f"DRLBOX_PS_ADDRESS or pass --ps host:port")
     return Endpoint(args.host, args.port, security, getattr(args, "ps", None),
-                    getattr(args, "replay", None))
+                    getattr(args, "replay", None),
+                    check_metrics_port(args.metrics_port, "--metrics-port (DRLBOX_METRICS_PORT)"))
 
 
 def _health(args: argparse.Namespace) -> int:

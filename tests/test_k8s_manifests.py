@@ -29,6 +29,9 @@ WORKER_REPLICAS = {"base": 4, "overlays/dev": 2, "overlays/scaled": 16}
 # role (= component label = container name = `drlbox <role>`) -> the port it serves gRPC health on
 ROLE_PORTS = {"parameter-server": 50051, "worker": 50052, "replay": 50053, "evaluator": 50054,
               "ps-shard": 50055}
+# ... and the port it serves Prometheus metrics on (drlbox.metrics.DEFAULT_METRICS_PORTS)
+METRICS_PORTS = {"parameter-server": 9450, "worker": 9451, "replay": 9452, "evaluator": 9453,
+                 "ps-shard": 9454}
 ROLE_KINDS = {"parameter-server": "StatefulSet", "worker": "Deployment",
               "replay": "Deployment", "evaluator": "Deployment", "ps-shard": "Deployment"}
 ROLE_IMAGES = {"parameter-server": "drlbox/parameter-server", "worker": "drlbox/worker",
@@ -167,7 +170,7 @@ def test_scaled_overlay_pins_image_tags_and_dev_uses_local_latest():
 
 
 @pytest.mark.parametrize("target", TARGETS)
-def test_every_role_runs_with_grpc_probes_resources_and_its_port(target):
+def test_every_role_runs_with_grpc_probes_resources_its_port_and_metrics(target):
     docs = render(target)
     roles = workloads(docs)
     assert set(roles) == set(ROLE_PORTS)
@@ -181,9 +184,16 @@ def test_every_role_runs_with_grpc_probes_resources_and_its_port(target):
         assert c["name"] == role
         assert c["command"] == ["drlbox"] and c["args"] == [role]
         assert c["image"].split(":")[0] == ROLE_IMAGES[role]
-        assert [p["containerPort"] for p in c["ports"]] == [port]
+        metrics = METRICS_PORTS[role]
+        assert [(p["name"], p["containerPort"]) for p in c["ports"]] == [("grpc", port),
+                                                                          ("metrics", metrics)]
         env = env_of(docs, c)
         assert env["DRLBOX_PORT"] == str(port)
+        assert env["DRLBOX_METRICS_PORT"] == str(metrics)
+        annotations = w["spec"]["template"]["metadata"]["annotations"]
+        assert annotations == {"prometheus.io/scrape": "true",
+                               "prometheus.io/port": str(metrics),
+                               "prometheus.io/path": "/metrics"}, role
         assert env["DRLBOX_HOST"] == "0.0.0.0"
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             assert c[probe]["grpc"]["port"] == port, (role, probe)

@@ -16,6 +16,8 @@ from typing import Any, Callable
 
 import grpc
 
+from drlbox.metrics import (EvaluatorCollector, ParameterServerCollector, ReplayCollector,
+                            WorkerCollector, serve_metrics)
 from drlbox.rpc.security import Security
 
 log = logging.getLogger(__name__)
@@ -33,6 +35,7 @@ class Endpoint:
     security: Security
     ps_address: str | None = None
     replay_address: str | None = None
+    metrics_port: int = 0           # 0: no metrics
 
 
 def _wait_for_termination() -> threading.Event:
@@ -61,6 +64,8 @@ def run_parameter_server(endpoint: Endpoint, data_dir: str, shards: int = 1) -> 
                                security=endpoint.security)
     log.warning("parameter server listening on %s:%d, jobs under %s, %d shard(s)",
                 endpoint.host, port, host.data_dir, shards)
+    serve_metrics(endpoint.metrics_port, endpoint.host, ParameterServerCollector(host),
+                  "parameter-server")
     engine = threading.Thread(target=host.serve_forever, args=(done,), name="job-queue",
                               daemon=True)
     engine.start()
@@ -126,6 +131,9 @@ def run_worker(endpoint: Endpoint) -> None:
     from drlbox.roles.worker import RolloutWorker
     from drlbox.rpc.replay import ReplayClient
 
+    metrics = WorkerCollector()
+    serve_metrics(endpoint.metrics_port, endpoint.host, metrics, "worker")
+
     def work(params: Any, job: Any, state: dict) -> None:
         config = job.config
         replay = None
@@ -138,6 +146,7 @@ def run_worker(endpoint: Endpoint) -> None:
         index = params.worker_index
         seed = None if config.seed is None else config.seed * 1009 + index + 1
         worker = RolloutWorker(config, params, replay, index, seed)
+        metrics.watch(job.job_id, worker)
 
         def publish(w: RolloutWorker) -> None:
             state["counters"] = {"env_steps": w.total_steps, "pushes": w.pushes,
@@ -146,6 +155,7 @@ def run_worker(endpoint: Endpoint) -> None:
         try:
             worker.run(after_batch=publish)
         finally:
+            metrics.freeze()
             if replay is not None:
                 replay.close()
 
@@ -156,12 +166,20 @@ def run_evaluator(endpoint: Endpoint) -> None:
     """Evaluate whichever job is running, when it asks for evaluations (eval_interval)."""
     from drlbox.launch.processes import make_following_evaluator
 
+    metrics = EvaluatorCollector()
+    serve_metrics(endpoint.metrics_port, endpoint.host, metrics, "evaluator")
+
     def work(params: Any, job: Any, state: dict) -> None:
         if not job.config.eval_interval:
             while params.status().running:      # nothing to do: wait for the job to end
                 time.sleep(IDLE_POLL_SECONDS)
             return
-        state["counters"] = {"evaluations": make_following_evaluator(params, job).run()}
+        evaluator = make_following_evaluator(params, job)
+        metrics.watch(job.job_id, evaluator)
+        try:
+            state["counters"] = {"evaluations": evaluator.run()}
+        finally:
+            metrics.freeze()
 
     _idle_loop("evaluator", endpoint, work)
 
@@ -176,9 +194,11 @@ def run_replay(endpoint: Endpoint) -> None:
 
     params = ParameterClient(endpoint.ps_address, timeout=30.0, security=endpoint.security)
     done = _wait_for_termination()
-    server, port = make_server(endpoint.port, [add_replay(ReplayTable(replay_services(params)))],
+    table = ReplayTable(replay_services(params))
+    server, port = make_server(endpoint.port, [add_replay(table)],
                                host=endpoint.host, security=endpoint.security)
     log.warning("replay server listening on %s:%d", endpoint.host, port)
+    serve_metrics(endpoint.metrics_port, endpoint.host, ReplayCollector(table), "replay")
     done.wait()
     server.stop(grace=1.0).wait()
 
@@ -188,4 +208,4 @@ def run_shard(endpoint: Endpoint, advertise: str = "") -> None:
     from drlbox.launch.shard import serve_shards
 
     serve_shards(endpoint.ps_address, endpoint.host, endpoint.port, endpoint.security,
-                 advertise, _wait_for_termination())
+                 advertise, _wait_for_termination(), endpoint.metrics_port)

@@ -37,7 +37,7 @@ REAP_INTERVAL = 0.05
 PRELOAD = ("drlbox.algorithms", "drlbox.launch.shard", "drlbox.ops.fast_forward",
            "drlbox.roles.evaluator", "drlbox.roles.param_server", "drlbox.roles.replay",
            "drlbox.roles.worker", "drlbox.rpc.parameter_client", "drlbox.rpc.parameter_server",
-           "drlbox.rpc.replay", "gymnasium")
+           "drlbox.rpc.replay", "drlbox.metrics", "gymnasium")
 
 
 def _preload() -> None:

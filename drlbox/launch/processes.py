@@ -251,6 +251,7 @@ def run_parameter_server(job_id: str, job_bytes: bytes, port: int, verbose: bool
     _child_setup(verbose, "parameter-server")
     limit_tf_threads()
     from drlbox.jobs import Job
+    from drlbox.metrics import ParameterServerCollector, serve_local_metrics
     from drlbox.roles.job_tables import SingleJob
     from drlbox.rpc.parameter_server import add_parameter_server
     from drlbox.rpc.server import make_server
@@ -265,8 +266,10 @@ def run_parameter_server(job_id: str, job_bytes: bytes, port: int, verbose: bool
             raise
         save_start_error(error_file, err)
         sys.exit(3)
-    server, _ = make_server(port, [add_parameter_server(SingleJob(job, server_role))],
+    jobs = SingleJob(job, server_role)
+    server, _ = make_server(port, [add_parameter_server(jobs)],
                             max_workers=PS_THREADS, security=private_security())
+    serve_local_metrics(0, ParameterServerCollector(jobs), "parameter-server")
     log.info("parameter server for job %s on port %d", job.job_id, port)
 
     def on_term() -> None:
@@ -325,6 +328,7 @@ def run_worker(ps_address: str, replay_address: str | None, index: int, status_p
     """A rollout worker process: fetch the job, work until the parameter server says stop."""
     _child_setup(verbose, f"worker-{index}")
     limit_tf_threads()
+    from drlbox.metrics import WorkerCollector, serve_local_metrics
     from drlbox.roles.worker import RolloutWorker
     from drlbox.rpc.parameter_client import ParameterClient
     from drlbox.rpc.replay import ReplayClient
@@ -339,6 +343,7 @@ def run_worker(ps_address: str, replay_address: str | None, index: int, status_p
     state = {"state": "starting", "job_id": job.job_id, "counters": {}}
     server = status_server(status_port, f"worker-{index}", state, security=security)
     worker = RolloutWorker(config, params, replay, index, seed)
+    serve_local_metrics(3 + index, WorkerCollector().watch(job.job_id, worker), f"worker-{index}")
     state["state"] = "running"
 
     def publish(w: RolloutWorker) -> None:
@@ -373,6 +378,7 @@ def replay_services(params: Any) -> Callable[[str], Any]:
 def run_replay(ps_address: str, port: int, verbose: bool) -> None:
     """The replay server process (no TensorFlow)."""
     _child_setup(verbose, "replay")
+    from drlbox.metrics import ReplayCollector, serve_local_metrics
     from drlbox.roles.replay import ReplayTable
     from drlbox.rpc.parameter_client import ParameterClient
     from drlbox.rpc.replay import add_replay
@@ -380,8 +386,9 @@ def run_replay(ps_address: str, port: int, verbose: bool) -> None:
 
     security = private_security()
     params = ParameterClient(ps_address, timeout=30.0, security=security)
-    server, _ = make_server(port, [add_replay(ReplayTable(replay_services(params)))],
-                            security=security)
+    table = ReplayTable(replay_services(params))
+    server, _ = make_server(port, [add_replay(table)], security=security)
+    serve_local_metrics(1, ReplayCollector(table), "replay")
     _serve_until_terminated(server)
 
 
@@ -412,6 +419,7 @@ def run_evaluator(ps_address: str, status_port: int, verbose: bool) -> None:
     """An evaluator process following a training run."""
     _child_setup(verbose, "evaluator")
     limit_tf_threads()
+    from drlbox.metrics import EvaluatorCollector, serve_local_metrics
     from drlbox.rpc.parameter_client import ParameterClient
 
     security = private_security()
@@ -419,6 +427,8 @@ def run_evaluator(ps_address: str, status_port: int, verbose: bool) -> None:
     job = fetch_job_when_ready(params, JOB_WAIT_SECONDS)
     state = {"state": "running", "job_id": job.job_id, "counters": {}}
     server = status_server(status_port, "evaluator", state, security=security)
-    state["counters"] = {"evaluations": make_following_evaluator(params, job).run()}
+    evaluator = make_following_evaluator(params, job)
+    serve_local_metrics(2, EvaluatorCollector().watch(job.job_id, evaluator), "evaluator")
+    state["counters"] = {"evaluations": evaluator.run()}
     state["state"] = "done"
     server.stop(grace=0.5).wait()

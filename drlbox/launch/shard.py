@@ -20,9 +20,11 @@ _QUIET = (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAVAILABLE,
 
 
 def serve_shards(ps_address: str, host: str, port: int, security: Any = None,
-                 advertise: str = "", stop: threading.Event | None = None) -> None:
+                 advertise: str = "", stop: threading.Event | None = None,
+                 metrics_port: int = 0) -> None:
     """Serve slices for the coordinator at ps_address until `stop` is set (or forever)."""
     from drlbox.launch.processes import PS_THREADS
+    from drlbox.metrics import ShardCollector, serve_metrics
     from drlbox.roles.param_shard import shard_from_settings
     from drlbox.rpc.parameter_client import ParameterClient
     from drlbox.roles.job_tables import ShardTable
@@ -34,6 +36,7 @@ def serve_shards(ps_address: str, host: str, port: int, security: Any = None,
     server, bound = make_server(port, [add_parameter_server(table)], host=host,
                                 max_workers=PS_THREADS, security=security)
     coordinator = ParameterClient(ps_address, timeout=30.0, security=security)
+    serve_metrics(metrics_port, host, ShardCollector(table), "ps-shard")
     log.info("parameter-server shard on %s:%d, joining %s", host, bound, ps_address)
     try:
         while not stop.is_set():

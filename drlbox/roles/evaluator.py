@@ -79,6 +79,7 @@ class FollowingEvaluator:
         self.to_input = config.state_to_input or (lambda obs: obs)
         self.next_eval = config.eval_interval
         self.evaluations = 0
+        self.last_mean_return, self.last_global_steps = float("nan"), 0
 
     def run(self) -> int:
         """Evaluate until the job ends; returns the number of evaluations made."""
@@ -95,8 +96,9 @@ class FollowingEvaluator:
             self.predict.refresh()
             returns = run_episodes(self.env, self.predict, self.policy,
                                    self.config.eval_episodes, self.to_input, self.rng)
+            self.last_mean_return, self.last_global_steps = float(np.mean(returns)), steps
             self.evaluations += 1
-            log.info("evaluation at %d steps: mean return %.1f", steps, np.mean(returns))
+            log.info("evaluation at %d steps: mean return %.1f", steps, self.last_mean_return)
             interval = self.config.eval_interval
             self.next_eval = (steps // interval + 1) * interval
             try:

@@ -8,6 +8,7 @@ nothing of gRPC: `drlbox.rpc.job_control` serves it.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import logging
@@ -123,6 +124,29 @@ class JobHost:
             index = self._worker_counts.get(job_id, 0)
             self._worker_counts[job_id] = index + 1
             return index
+
+    # --- what the metrics read -----------------------------------------------------------
+    def latest(self) -> tuple[JobStatus, Any] | None:
+        """(status, parameter server) of the current job; else (final status, None) of the
+        job that ended last; None before any job ran."""
+        with self._lock:
+            if self._current:
+                return self._current[1].status(), self._current[1]
+            ended = [r for r in self._records.values() if r["status"] is not None]
+            if not ended:
+                return None
+            last = max(ended, key=lambda r: r["order"])
+            return JobStatus.from_dict(last["status"]), None
+
+    def queue_length(self) -> int:
+        """Jobs waiting in the queue."""
+        with self._lock:
+            return len(self._queue)
+
+    def job_states(self) -> dict[str, int]:
+        """How many jobs submitted here are in each state."""
+        with self._lock:
+            return dict(collections.Counter(r["state"] for r in self._records.values()))
 
     def status(self, job_id: str) -> JobStatus:
         """The job's status, whatever its state; UnknownJob if never submitted here."""

@@ -44,6 +44,10 @@ class SingleJob:
             self._workers += 1
             return self._workers - 1
 
+    def latest(self) -> tuple:
+        """(status, parameter server) of the job, for the metrics."""
+        return self.server.status(), self.server
+
 
 class ShardTable:
     """The job table of a shard process: the one slice it serves, if any."""
@@ -61,6 +65,12 @@ class ShardTable:
         """Serve nothing."""
         with self._lock:
             self._served = None
+
+    def served(self) -> tuple[str, int, Any] | None:
+        """(job id, slice index, ParameterShard) served now, if any (for the metrics)."""
+        with self._lock:
+            served = self._served
+        return None if served is None else (served[0], served[1], served[2].shard)
 
     def current(self) -> None:
         """A shard process runs no job of its own."""

@@ -24,6 +24,7 @@ import numpy as np
 
 from drlbox.algorithms import ALGORITHM_CLASSES
 from drlbox.layers.noisy import synced_weights
+from drlbox.metrics import STALENESS_BUCKETS, BucketCounts
 from drlbox.ops.flat_weights import WeightLayout, shard_bounds, slice_pieces
 from drlbox.roles.checkpoints import ScalarLog, checkpoint_path, save_model_atomically
 from drlbox.roles.interfaces import (Checkpoint, Evaluation, JobStatus, PushResult, ShardReply,
@@ -71,6 +72,7 @@ class ParameterServer:
         self._recent_returns: collections.deque = collections.deque(maxlen=100)
         self._staleness: collections.deque = collections.deque(maxlen=100)
         self._staleness_sum = 0
+        self.staleness_counts = BucketCounts(STALENESS_BUCKETS)     # for the metrics
         self._evaluations: list[Evaluation] = []
         self._checkpoints: list[Checkpoint] = []
         self._stats: dict = {}
@@ -196,6 +198,7 @@ class ParameterServer:
                 self._staleness_sum -= self._staleness[0]
             self._staleness.append(reply.staleness)
             self._staleness_sum += reply.staleness
+            self.staleness_counts.observe(reply.staleness)
             stats["staleness"] = float(reply.staleness)
         if self._staleness:
             stats["staleness_mean"] = self._staleness_sum / len(self._staleness)

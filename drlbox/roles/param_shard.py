@@ -11,6 +11,7 @@ gRPC or of the job's counters.
 from __future__ import annotations
 
 import threading
+import time
 import types
 from typing import Any, Sequence
 
@@ -18,6 +19,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from drlbox.metrics import LATENCY_BUCKETS, BucketCounts
 from drlbox.ops.compiled import FlatFunction
 from drlbox.ops.flat_weights import Piece
 from drlbox.ops.fused_adam import FusedAdam, can_fuse
@@ -112,6 +114,7 @@ class ParameterShard:
         self._aux = None if aux_rule is None else np.array(
             state.weights if state.aux is None else state.aux, np.float32)
         self.aux_version = int(state.aux_version)
+        self.apply_seconds = BucketCounts(LATENCY_BUCKETS)    # read by the metrics collector
 
     def _apply_slice(self, gradient: tf.Tensor) -> None:
         """One optimizer step."""
@@ -160,6 +163,7 @@ class ParameterShard:
         with self._lock:
             staleness = None
             if gradient is not None:
+                started = time.perf_counter()
                 self._load(gradient)
                 if self.aux_rule is not None or wants_weights(self.version + 1, newer_than,
                                                               self.max_staleness):
@@ -174,6 +178,7 @@ class ParameterShard:
                     aux = self.aux_rule(self._aux, self._current(), self.updates)
                     if aux is not None:
                         self._aux, self.aux_version = aux, self.version
+                self.apply_seconds.observe(time.perf_counter() - started)
             if pull:
                 send = self.version != newer_than or (self._aux is not None
                                                       and self.aux_version != aux_newer_than)

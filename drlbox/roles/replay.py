@@ -31,6 +31,8 @@ class ReplayService:
         self.spec, self.rollout_maxlen, self.max_lists = spec, rollout_maxlen, max_lists
         self.max_insert_bytes = (INSERT_OVERHEAD_BYTES + max_lists * (
             max_list_bytes(spec, rollout_maxlen) + 1024) if spec else None)
+        self.inserted = self.sampled = 0      # lists inserted, batches sampled (metrics)
+        self._counting = threading.Lock()     # calls arrive on several server threads
 
     def insert(self, lists: Sequence[dict]) -> None:
         """Add rollout lists, all or none."""
@@ -43,6 +45,8 @@ class ReplayService:
                 except ValueError as err:
                     raise Refused(f"lists[{i}]: {err}") from None
         self.memory.extend(lists)
+        with self._counting:
+            self.inserted += len(lists)
 
     def sample(self, batch_size: int) -> ReplaySample | None:
         """A batch of lists with keys and importance weights, or None when not ready."""
@@ -53,6 +57,8 @@ class ReplayService:
             drawn = self.memory.sample(batch_size)
         except ReplayNotReady:
             return None
+        with self._counting:
+            self.sampled += 1
         return ReplaySample(list(drawn.items), drawn.keys, drawn.weights)
 
     def update_priorities(self, keys: np.ndarray, priorities: np.ndarray) -> None:
@@ -107,3 +113,8 @@ class ReplayTable:
                     return None
                 self.job_id, self._service = job_id, service
             return self._service
+
+    def current(self) -> tuple[str, ReplayService] | None:
+        """(job id, service) of the memory held now, if any (for the metrics)."""
+        with self._lock:
+            return None if self._service is None else (self.job_id, self._service)

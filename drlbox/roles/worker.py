@@ -9,6 +9,7 @@ background thread while the next batch is collected.
 from __future__ import annotations
 
 import logging
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -19,6 +20,7 @@ import tensorflow as tf
 from drlbox.algorithms import make_algorithm, make_model
 from drlbox.envs import make_env
 from drlbox.layers.noisy import noisy_layers, resample_noise, synced_weights
+from drlbox.metrics import LATENCY_BUCKETS, BucketCounts, RecentReturns
 from drlbox.ops.compiled import FlatFunction
 from drlbox.ops.fast_forward import make_predict_fn
 from drlbox.ops.flat_weights import WeightLayout
@@ -140,6 +142,7 @@ class AsyncExchange:
         self._known = (-1, -1)          # (version, aux version) of the newest fetch
         self._fetched: WeightsUpdate | None = None
         self.last = PushResult(-1, 0, False)
+        self.push_seconds = BucketCounts(LATENCY_BUCKETS)     # observed by this thread only
 
     def push(self, gradient: np.ndarray | None, base_version: int,
              report: WorkerReport) -> PushResult:
@@ -150,7 +153,9 @@ class AsyncExchange:
 
     def _exchange(self, gradient: np.ndarray | None, base_version: int,
                   report: WorkerReport) -> tuple[PushResult, WeightsUpdate | None]:
+        started = time.perf_counter()
         result, update = self.params.push_and_pull(gradient, base_version, report, *self._known)
+        self.push_seconds.observe(time.perf_counter() - started)
         if update is not None:
             self._known = (update.version, update.aux_version)
         return result, update
@@ -226,6 +231,7 @@ class RolloutWorker:
         self.version = self.aux_version = -1
         self.total_steps = 0
         self.pushes = 0
+        self.returns = RecentReturns()        # training episodes, for the metrics
         self._stats: dict = {}
 
     def sync(self) -> None:
@@ -253,6 +259,7 @@ class RolloutWorker:
     def _report(self) -> WorkerReport:
         returns, lengths, steps = self.collector.take_episode_stats()
         self.total_steps += steps
+        self.returns.add(returns)
         return WorkerReport(self.index, steps, returns, lengths, self._stats)
 
     def _learn(self, lists: list, weights: np.ndarray | None = None) -> tuple[PushResult, np.ndarray]:
