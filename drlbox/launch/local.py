@@ -99,6 +99,13 @@ def plan_ports(config: Any) -> dict[str, int]:
     return ports
 
 
+def roles_log_progress() -> bool:
+    """Whether role processes log their INFO lines: only with DRLBOX_VERBOSE=1, as in a
+    cluster. The progress bar (verbose=True) shows what they say (evaluations, the job's end),
+    and lines from other processes would only break it. Warnings and errors always show."""
+    return os.environ.get("DRLBOX_VERBOSE", "0") not in ("", "0")
+
+
 class _StoppedFromOutside(Exception):
     """The parameter server ended cleanly while the run was being followed."""
 
@@ -148,7 +155,7 @@ class LocalRun:
         self.procs[name] = proc
 
     def _start_roles(self, ports: dict[str, int]) -> str:
-        cfg, verbose = self.config, self.config.verbose
+        cfg, verbose = self.config, roles_log_progress()
         ps_address = f"{HOST}:{ports['parameter server']}"
         self._ps_address = ps_address
         self._restart = {
@@ -184,7 +191,7 @@ class LocalRun:
     def _spawn_shard(self, k: int) -> None:
         """A parameter-server shard process (it takes whichever slice needs serving)."""
         self._spawn(f"ps-shard-{k}", "ps-shard", ps_address=self._ps_address,
-                    verbose=self.config.verbose)
+                    verbose=roles_log_progress())
 
     def _wait_started(self, name: str, address: str) -> None:
         deadline = time.monotonic() + START_TIMEOUT
