@@ -111,7 +111,11 @@ make_trainer("a3c", env_maker=lambda: gymnasium.make("CartPole-v1"), feature_mak
              num_parallel=2, train_steps={steps}, port_begin={port}).run()
 """
 
+# An SB3-only install has no TensorBoard, whose presence here would make SB3's logger import
+# all of TensorFlow (see sb3_side._import_sb3): SB3 is timed without it.
 SB3_WHOLE = """
+import sys
+sys.modules["torch.utils.tensorboard"] = None
 import torch
 from stable_baselines3 import A2C
 from stable_baselines3.common.env_util import make_vec_env
