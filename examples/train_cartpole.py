@@ -23,7 +23,7 @@ def main() -> int:
         print(f"drlbox: not solved within {result.global_steps} env steps ({result.message})")
         return 1
     print(f"drlbox: solved after {solved.global_steps:,} env steps, {solved.wall_seconds:.1f} s "
-          f"of training")
+          f"into the run")
 
     from drlbox.evaluator import make_evaluator
 
@@ -31,9 +31,8 @@ def main() -> int:
     returns = make_evaluator("a3c", env_maker=cartpole, load_model=path, num_episodes=20,
                              policy_type="greedy", seed=1).run().returns
     mean = sum(returns) / len(returns)
-    print(f"drlbox: greedy evaluation of the saved model, 20 episodes: mean return {mean:.1f} "
-          f"(min {min(returns):.0f}, max {max(returns):.0f})")
-    print(f"drlbox: model saved to {path}\n"
+    print(f"drlbox: the saved model, 20 greedy episodes: mean return {mean:.1f} "
+          f"(min {min(returns):.0f}, max {max(returns):.0f})\n"
           f"        play it:  make_evaluator('a3c', env_maker=..., load_model={path!r})\n"
           f"        load it:  keras.models.load_model({path!r})")
     return 0 if mean >= SOLVED else 1

@@ -75,3 +75,25 @@ def test_pendulum_a3c_learns(tmp_path):
     after = pendulum_a3c.greedy_mean_return(str(tmp_path / "model_final.keras"))
     assert before < -900, f"the untrained policy already does well: {before:.1f}"
     assert after > before + 400, f"greedy mean return {before:.1f} -> {after:.1f}"
+
+
+@pytest.mark.slow
+def test_make_train_solves_cartpole_and_prints_no_tensorflow_log_lines(tmp_path):
+    """`make train`'s script, as a new user runs it: solved, evaluated, and quiet."""
+    import re
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("TF_CPP_MIN_LOG_LEVEL", "DRLBOX_TF_LOGS", "DRLBOX_VERBOSE")}
+    done = subprocess.run([sys.executable, os.path.join(EXAMPLES, "train_cartpole.py")],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-3000:]
+    mean = float(re.search(r"20 greedy episodes: mean return ([\d.]+)", done.stdout).group(1))
+    assert mean >= 475.0
+    assert (tmp_path / "runs" / "cartpole_a3c" / "model_final.keras").exists()
+    # TensorFlow's C++ lines look like "E0000 00:00:... cuda_platform.cc:52] failed call to ..."
+    cpp_lines = [line for line in output.splitlines()
+                 if re.match(r"[IWEF]\d{4} ", line) or "absl::InitializeLog" in line
+                 or "cuInit" in line or "oneDNN" in line or "cpu_feature_guard" in line]
+    assert cpp_lines == []

@@ -17,6 +17,7 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from conftest import wait_until
 from drlbox.client import Client
 from drlbox.rpc.server import wait_healthy
 
@@ -45,16 +46,6 @@ def value(samples: dict, name: str, **labels) -> float:
     key = (name, frozenset(labels.items()))
     assert key in samples, f"{name}{labels} not scraped; got {sorted(n for n, _ in samples)}"
     return samples[key]
-
-
-def wait_until(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class MeteredCluster:
