@@ -1,11 +1,11 @@
-"""`make train`: A3C learns CartPole-v1 until it is solved, then a saved model plays.
+"""`make train`: A3C learns CartPole-v1 until it is solved, then the saved model plays.
 
 Trains with the A3C preset of cartpole_presets.py until a greedy evaluation of 20 episodes
-averages >= 475 (at most 300k env steps), saving the model under runs/cartpole_a3c/ every 2,000
-env steps and at the end. Training goes on while the evaluator plays its episodes, so the final
-model is a little newer than the weights that were judged; the saved models are played again
-here, the final one first, then those nearest to the evaluation that solved it, and the first
-that averages >= 475 over 20 greedy episodes is the one to use.
+averages >= 475 (at most 300k env steps). The final model, under runs/cartpole_a3c/, is the one
+that evaluation played (training goes on while the evaluator plays, but reaching target_return
+saves the judged weights). It plays 20 greedy episodes of its own here; should it fall short on
+these, the checkpoints saved every 2,000 env steps nearest to the solving evaluation play too,
+and the first that averages >= 475 is named.
 """
 import os
 import sys

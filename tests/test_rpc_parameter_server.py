@@ -396,6 +396,46 @@ def test_get_job_refuses_another_python_version(a3c):
         channel.close()
 
 
+# --- the final model of a job that reaches target_return -----------------------------------
+
+def _saved_flat(path):
+    model = keras.models.load_model(path, compile=False)
+    return WeightLayout(synced_weights(model)).flat([v.numpy() for v in model.weights])
+
+
+@pytest.mark.parametrize("reported", ["pulled", "older", "none"])
+def test_reaching_target_return_saves_the_weights_that_were_judged(reported, tmp_path):
+    """Training goes on while the evaluator plays; the job's final model must be the weights
+    it judged (when it says which: the version it pulled last), not the newer ones."""
+    setup = start("a3c", save_dir=str(tmp_path), eval_interval=100, target_return=400.0)
+    try:
+        judged = setup.client.get_weights(-1)                 # the evaluator's pull
+        for i in range(3):                                    # training goes on meanwhile
+            setup.client.push_and_pull(small_gradient(setup.ps.size, seed=i), judged.version + i,
+                                       WorkerReport(worker=0, env_steps=50), -1)
+        if reported == "older":                               # a later pull replaced it
+            setup.client.get_weights(-1)
+        version = {"pulled": judged.version, "older": judged.version, "none": None}[reported]
+        assert setup.client.report_evaluation(100, [500.0] * 3, version).stop
+        saved = _saved_flat(str(tmp_path / "model_final.keras"))
+        final = setup.client.status().checkpoints[-1]
+        if reported == "pulled":
+            np.testing.assert_array_equal(saved, judged.weights)
+            assert final.global_steps == 100
+        else:        # not the last pull's version, or no version: the current weights
+            current = setup.ps.snapshot().weights
+            np.testing.assert_array_equal(saved, current)
+            assert not np.array_equal(saved, judged.weights)
+            assert final.global_steps == 150
+    finally:
+        stop(setup)
+
+
+def test_a_negative_weights_version_is_refused(a3c):
+    err = rpc_error(lambda: a3c.client.report_evaluation(0, [1.0], -3))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "weights_version" in err.details()
+
+
 # --- status --------------------------------------------------------------------------------
 
 def test_status_round_trip_after_reports(a3c):

@@ -102,7 +102,7 @@ class FollowingEvaluator:
             interval = self.config.eval_interval
             self.next_eval = (steps // interval + 1) * interval
             try:
-                if self.params.report_evaluation(steps, returns).stop:
+                if self.params.report_evaluation(steps, returns, update.version).stop:
                     return self.evaluations
             except OutOfRange as err:
                 # The job resumed from an earlier checkpoint while this ran: the weights it

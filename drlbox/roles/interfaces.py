@@ -152,10 +152,12 @@ class ParameterPeer(Protocol):
         trip, get the weights if the caller's are too old (see `max_staleness`) unless the
         job stops."""
 
-    def report_evaluation(self, global_steps: int, returns: Sequence[float]) -> PushResult:
-        """Record evaluation returns measured on weights of `global_steps`; raises
-        `drlbox.roles.limits.OutOfRange` when the job has not reached `global_steps` (e.g. it
-        resumed from an earlier checkpoint meanwhile)."""
+    def report_evaluation(self, global_steps: int, returns: Sequence[float],
+                          weights_version: int | None = None) -> PushResult:
+        """Record evaluation returns measured on weights of `global_steps` (pulled at
+        `weights_version`: when they reach target_return, those weights are the final model);
+        raises `drlbox.roles.limits.OutOfRange` when the job has not reached `global_steps`
+        (e.g. it resumed from an earlier checkpoint meanwhile)."""
 
     def status(self) -> JobStatus:
         """The job's progress."""

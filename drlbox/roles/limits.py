@@ -85,8 +85,12 @@ def check_report(report: Any) -> None:
         need(math.isfinite(value), f"report.stats[{name!r}]", f"must be finite, got {value}")
 
 
-def check_evaluation(global_steps: int, returns: Sequence[float], current_steps: int) -> None:
-    """An evaluator's report: some finite returns, measured at a step the job has reached."""
+def check_evaluation(global_steps: int, returns: Sequence[float], current_steps: int,
+                     weights_version: int | None = None) -> None:
+    """An evaluator's report: some finite returns, measured at a step the job has reached,
+    on weights of a version that can exist."""
+    need(weights_version is None or weights_version >= 0, "weights_version",
+         f"must be >= 0, got {weights_version}")
     need(0 <= global_steps <= current_steps, "global_steps",
          f"must be between 0 and the job's {current_steps} env steps, got {global_steps}",
          OutOfRange)

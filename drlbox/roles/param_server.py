@@ -85,6 +85,11 @@ class ParameterServer:
         self._scalars = ScalarLog(config.save_dir)
         self.state, self.message = "running", ""
         self._changed_after_end = False
+        # The weights an evaluator pulled last, (version, flat), and those of the evaluation
+        # that reached target_return: the final model is the one that was judged, not the
+        # newer weights training went on to while the evaluator played. One slice only.
+        self._pulled: tuple[int, np.ndarray] | None = None
+        self._judged: tuple[int, np.ndarray] | None = None
         self._resume_file = resume_file
         if config.save_dir:
             remove_leftovers(config.save_dir, resume_file)
@@ -162,6 +167,8 @@ class ParameterServer:
         if self.state not in LATE_PUSHES_COUNT:
             return self._stopped_reply()
         reply = self.shard0.exchange(gradient, base_version, newer_than, aux_newer_than, pull)
+        if pull and newer_than < 0 and reply.weights is not None and self._keeps_judged_weights:
+            self._pulled = (reply.version, np.array(reply.weights, np.float32))
         scalars: list = []
         with self._lock:
             if self.state not in LATE_PUSHES_COUNT:     # cancelled while this was applied
@@ -251,9 +258,17 @@ class ParameterServer:
             losses["steps_per_sec"] = self._steps_per_sec
         return scalars + [(self.global_steps, losses)]
 
-    def report_evaluation(self, global_steps: int, returns: Sequence[float]) -> PushResult:
-        """Record an evaluation; reaching target_return stops the job."""
-        check_evaluation(global_steps, returns, self.global_steps)
+    @property
+    def _keeps_judged_weights(self) -> bool:
+        cfg = self.config
+        return cfg.target_return is not None and bool(cfg.save_dir) and len(self.bounds) == 1
+
+    def report_evaluation(self, global_steps: int, returns: Sequence[float],
+                          weights_version: int | None = None) -> PushResult:
+        """Record an evaluation; reaching target_return stops the job, and the weights that
+        played (when they are the ones last pulled, at `weights_version`) become the final
+        model."""
+        check_evaluation(global_steps, returns, self.global_steps, weights_version)
         with self._lock:
             mean = float(np.mean(returns)) if len(returns) else float("nan")
             self._evaluations.append(Evaluation(int(global_steps), mean, len(returns),
@@ -261,6 +276,9 @@ class ParameterServer:
             self._scalars.write(global_steps, {"eval/mean_return": mean})
             target = self.config.target_return
             if self.state == "running" and target is not None and mean >= target:
+                pulled = self._pulled
+                if pulled is not None and weights_version == pulled[0]:
+                    self._judged = (int(global_steps), pulled[1])
                 self._finish("done", f"evaluation mean return {mean:.1f} reached "
                                      f"target_return={target}")
             return PushResult(self.shard0.version, self.global_steps, self.state != "running")
@@ -282,7 +300,7 @@ class ParameterServer:
                 self._steps_per_sec = (self.global_steps - start_steps) / elapsed
         log.info("job %s %s: %s", self.job_id, state, message)
         if self.config.save_dir:
-            self._save(checkpoint_path(self.config.save_dir, None))
+            self._save(checkpoint_path(self.config.save_dir, None), self._judged)
         self._scalars.flush()
         self.slots.close()
 
@@ -294,14 +312,15 @@ class ParameterServer:
         interval = self.config.save_interval
         self._next_save = (self.global_steps // interval + 1) * interval
 
-    def _save(self, path: str) -> None:
+    def _save(self, path: str, judged: tuple[int, np.ndarray] | None = None) -> None:
+        """Save the model (the current weights, or `judged` = (env steps, flat weights))."""
         states = [self.shard0.snapshot()] + self.slots.snapshot()
-        flat = np.concatenate([s.weights for s in states])
+        steps, flat = judged or (self.global_steps, np.concatenate([s.weights for s in states]))
         for variable, value in zip(self.layout.variables, self.layout.merge(flat, self._others)):
             variable.assign(value)
         save_model_atomically(self.model, path)
         self._checkpoints = [c for c in self._checkpoints if c.path != path]
-        self._checkpoints.append(Checkpoint(path, self.global_steps, self._train_seconds()))
+        self._checkpoints.append(Checkpoint(path, steps, self._train_seconds()))
         if self._resume_file:
             self._save_resume_state(path, states)
 
@@ -309,7 +328,8 @@ class ParameterServer:
         """Save the final model again if pushes were applied after the job ended (its
         workers' last batches), so that nothing they spent steps on is lost."""
         with self._lock:
-            if self._changed_after_end and self.config.save_dir:
+            # (Not over the weights an evaluation judged: they are the final model.)
+            if self._changed_after_end and self.config.save_dir and self._judged is None:
                 self._save(checkpoint_path(self.config.save_dir, None))
                 self._changed_after_end = False
             self._scalars.flush()

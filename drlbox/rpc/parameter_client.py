@@ -269,11 +269,12 @@ class ParameterClient:
         return out
 
     # --- the job's counters ----------------------------------------------------------------------
-    def report_evaluation(self, global_steps: int, returns: Sequence[float]) -> PushResult:
+    def report_evaluation(self, global_steps: int, returns: Sequence[float],
+                          weights_version: int | None = None) -> PushResult:
         try:
             reply = self.stub.ReportEvaluation(pb.EvaluationReport(
-                job_id=self.job_id, global_steps=global_steps, returns=list(returns)),
-                timeout=self.timeout)
+                job_id=self.job_id, global_steps=global_steps, returns=list(returns),
+                weights_version=weights_version), timeout=self.timeout)
         except grpc.RpcError as err:
             if err.code() == grpc.StatusCode.OUT_OF_RANGE:    # as the server in process says
                 raise OutOfRange(err.details()) from None

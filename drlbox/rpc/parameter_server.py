@@ -204,12 +204,15 @@ class ParameterServerServicer:
         return frames
 
     # --- the job's counters ----------------------------------------------------------------
-    def _evaluation(self, job_id: str, global_steps: int, returns: list) -> pb.PushReply:
-        return push_reply(self._server(job_id).report_evaluation(global_steps, returns))
+    def _evaluation(self, job_id: str, global_steps: int, returns: list,
+                    weights_version: int | None) -> pb.PushReply:
+        return push_reply(self._server(job_id).report_evaluation(global_steps, returns,
+                                                                 weights_version))
 
     async def ReportEvaluation(self, request, context) -> pb.PushReply:
+        version = request.weights_version if request.HasField("weights_version") else None
         return await self.blocking.run(self._evaluation, request.job_id, request.global_steps,
-                                       list(request.returns))
+                                       list(request.returns), version)
 
     def _status(self, job_id: str) -> pb.JobStatus:
         if job_id:

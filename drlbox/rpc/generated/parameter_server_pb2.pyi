@@ -189,14 +189,16 @@ class SnapshotRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., shard: _Optional[int] = ...) -> None: ...
 
 class EvaluationReport(_message.Message):
-    __slots__ = ("job_id", "global_steps", "returns")
+    __slots__ = ("job_id", "global_steps", "returns", "weights_version")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     GLOBAL_STEPS_FIELD_NUMBER: _ClassVar[int]
     RETURNS_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_VERSION_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     global_steps: int
     returns: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, job_id: _Optional[str] = ..., global_steps: _Optional[int] = ..., returns: _Optional[_Iterable[float]] = ...) -> None: ...
+    weights_version: int
+    def __init__(self, job_id: _Optional[str] = ..., global_steps: _Optional[int] = ..., returns: _Optional[_Iterable[float]] = ..., weights_version: _Optional[int] = ...) -> None: ...
 
 class StatusRequest(_message.Message):
     __slots__ = ("job_id",)
