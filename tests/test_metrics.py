@@ -244,7 +244,8 @@ def test_a_local_run_serves_metrics_when_given_a_port_base(port_base, monkeypatc
         watcher.start()
     try:
         result = make_trainer("a3c", env_maker=cartpole, feature_maker=small_features,
-                              num_parallel=1, train_steps=3000, rollout_maxlen=8, batch_size=4,
+                              # long enough to be scraped while it runs (it starts in ~2 s)
+                              num_parallel=1, train_steps=20_000, rollout_maxlen=8, batch_size=4,
                               port_begin=port_base(4)).run()
     finally:
         done.set()

@@ -1,4 +1,5 @@
 """make_trainer(...).run() end to end: real role processes talking gRPC on loopback."""
+import contextlib
 import glob
 import os
 import signal
@@ -365,25 +366,30 @@ def test_a_local_run_answers_only_its_own_roles(port_base):
 
     from drlbox.rpc.generated import parameter_server_pb2 as pb
     from drlbox.rpc.generated import parameter_server_pb2_grpc as pb_grpc
-    from drlbox.rpc.server import make_channel
+    from drlbox.rpc.parameter_client import ParameterClient
+    from drlbox.rpc.security import Security
+    from drlbox.rpc.server import make_channel, wait_healthy
 
     base = port_base()
     trainer = make_trainer("a3c", env_maker=cartpole, feature_maker=small_features,
-                           num_parallel=1, train_steps=30_000, port_begin=base)
+                           num_parallel=1, train_steps=10**8, port_begin=base)
     results = []
     runner = threading.Thread(target=lambda: results.append(trainer.run()))
     runner.start()
+    tokens = set()
     try:
         deadline = time.monotonic() + 120
-        while len(role_pids(base)) < 2 and time.monotonic() < deadline:
+        # The fork server, the parameter server and the worker.
+        while len(role_pids(base)) < 3 and time.monotonic() < deadline:
             time.sleep(0.2)
-        time.sleep(3)
+        assert wait_healthy(f"127.0.0.1:{base}", 60.0)      # health checks need no token
         for pid in role_pids(base):
             cmdline = open(f"/proc/{pid}/cmdline", "rb").read()
             token = dict(line.split(b"=", 1) for line in
                          open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
                          if b"=" in line).get(b"DRLBOX_TOKEN")
             assert token and token not in cmdline
+            tokens.add(token)
         with make_channel(f"127.0.0.1:{base}") as channel:
             stub = pb_grpc.ParameterServerStub(channel)
             for call in (lambda: stub.GetStatus(pb.StatusRequest(), timeout=10),
@@ -393,6 +399,15 @@ def test_a_local_run_answers_only_its_own_roles(port_base):
                 with pytest.raises(grpc.RpcError) as info:
                     call()
                 assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert len(tokens) == 1         # one token for the whole run; with it, calls work
     finally:
+        for token in tokens:            # end the run (of 10**8 steps) however the test went
+            security = Security(token=token.decode())
+            with contextlib.closing(ParameterClient(f"127.0.0.1:{base}", timeout=10,
+                                                    security=security)) as anyone:
+                job_id = anyone.status().job_id
+            with contextlib.closing(ParameterClient(f"127.0.0.1:{base}", job_id, timeout=10,
+                                                    security=security)) as owner:
+                owner.stop("the test is done")
         runner.join(300)
-    assert results and results[0].state == "done" and results[0].global_steps >= 30_000
+    assert results and results[0].state == "stopped" and results[0].global_steps > 0
