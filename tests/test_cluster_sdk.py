@@ -185,6 +185,18 @@ def test_malformed_oversized_and_wrong_python_jobs_are_refused(client, cluster):
     err = _raw_submit(cluster.ps_address, [jc_pb.SubmitChunk(
         python_version=python_version(), algorithm="dqn", config=data)])
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "maxlen" in err.details()
+    # The algorithm the submission names is checked before anything is unpickled, and again
+    # against the config it carries.
+    err = _raw_submit(cluster.ps_address, [jc_pb.SubmitChunk(
+        python_version=python_version(), algorithm="ppo", config=b"not even read")])
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "algorithm" in err.details()
+    assert "ppo" in err.details()
+    with _user_modules_by_value(config):
+        data = cloudpickle.dumps(trainer_config("dqn", **cartpole_job()))
+    err = _raw_submit(cluster.ps_address, [jc_pb.SubmitChunk(
+        python_version=python_version(), algorithm="a3c", config=data)])
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "'a3c'" in err.details()
+    assert "'dqn'" in err.details()
     assert [s.job_id for s in client.jobs()] == before
 
 

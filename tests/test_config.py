@@ -1,7 +1,8 @@
-"""trainer_config / evaluator_config against the user contract in SEED_API.md.
+"""trainer_config / evaluator_config against the user contract: the original drlbox's
+arguments and defaults, as the README's "Arguments" tables list them.
 
-The default tables below are written from SEED_API.md by hand, not read from the library, so a
-silently changed default fails here.
+The default tables below are written from that contract by hand, not read from the library, so
+a silently changed default fails here.
 """
 import os
 

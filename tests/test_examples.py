@@ -17,7 +17,7 @@ if EXAMPLES not in sys.path:
 
 
 @pytest.mark.slow
-def test_breakout_acer_runs_saves_and_evaluates(tmp_path):
+def test_breakout_acer_runs_saves_and_evaluates(tmp_path, port_base):
     pytest.importorskip("ale_py")
     pytest.importorskip("cv2")
     import gymnasium
@@ -37,7 +37,7 @@ def test_breakout_acer_runs_saves_and_evaluates(tmp_path):
         model_maker=breakout_acer.make_model, num_parallel=1, batch_size=1, rollout_maxlen=8,
         replay_kwargs=dict(maxlen=50, minlen=2),
         replay_ratio=1,        # replay is exercised; fewer CNN updates keep the test short
-        train_steps=300, save_dir=str(tmp_path), port_begin=4300, seed=0,
+        train_steps=300, save_dir=str(tmp_path), port_begin=port_base(), seed=0,
     ).run()
     assert result.state == "done", result.message
     assert result.global_steps >= 300
@@ -58,7 +58,7 @@ def test_breakout_acer_runs_saves_and_evaluates(tmp_path):
 
 
 @pytest.mark.slow
-def test_pendulum_a3c_learns(tmp_path):
+def test_pendulum_a3c_learns(tmp_path, port_base):
     """150k steps of the example's settings lift the greedy mean return far beyond noise.
 
     Measured (10 greedy episodes on the same start states; seeds 0-3, 5 runs): untrained -1188
@@ -69,7 +69,7 @@ def test_pendulum_a3c_learns(tmp_path):
 
     before = pendulum_a3c.greedy_mean_return(
         pendulum_a3c.save_untrained_model(str(tmp_path / "untrained.keras"), seed=0))
-    result = pendulum_a3c.train(str(tmp_path), 150_000, seed=0, port_begin=4340)
+    result = pendulum_a3c.train(str(tmp_path), 150_000, seed=0, port_begin=port_base())
     assert result.state == "done", result.message
     assert not result.failed_roles
     after = pendulum_a3c.greedy_mean_return(str(tmp_path / "model_final.keras"))

@@ -50,8 +50,9 @@ class JobHost:
         self._load()
 
     # --- submissions -------------------------------------------------------------------
-    def submit(self, data: bytes) -> JobStatus:
-        """Check and queue a cloudpickled TrainerConfig; raises JobRefused naming the problem."""
+    def submit(self, data: bytes, algorithm: str | None = None) -> JobStatus:
+        """Check and queue a cloudpickled TrainerConfig (of `algorithm`, as the submission
+        says); raises JobRefused naming the problem."""
         if len(data) > MAX_JOB_BYTES:
             raise JobRefused(f"the job is {len(data)} bytes, over the {MAX_JOB_BYTES} byte "
                              f"limit; keep data out of the makers and load it in the env")
@@ -65,6 +66,9 @@ class JobHost:
             check_trainer_config(config)
         except (TypeError, ValueError, FileNotFoundError) as err:
             raise JobRefused(f"the job's settings are invalid: {err}") from None
+        if algorithm is not None and algorithm != config.algorithm:
+            raise JobRefused(f"algorithm: the submission says {algorithm!r} but its config is "
+                             f"for {config.algorithm!r}")
         job_id = Job.new(config).job_id
         os.makedirs(self._job_dir(job_id))
         _write_atomically(os.path.join(self._job_dir(job_id), "job.bin"), data)

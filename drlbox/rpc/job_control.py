@@ -37,18 +37,20 @@ class JobControlServicer:
         except UnknownJob:
             raise NotFound(f"no job {job_id[:100]!r} was submitted to this cluster") from None
 
-    def _submit(self, data: bytes) -> pb.JobStatus:
+    def _submit(self, data: bytes, algorithm: str) -> pb.JobStatus:
         from drlbox.roles.job_host import JobRefused
 
         try:
-            return status_to_proto(self.host.submit(data))
+            return status_to_proto(self.host.submit(data, algorithm))
         except JobRefused as err:
             raise Refused(str(err)) from None
 
     async def Submit(self, request_iterator, context) -> pb.JobStatus:
         from drlbox.roles.job_host import MAX_JOB_BYTES
 
-        pieces, size = [], 0
+        from drlbox.config import ALGORITHMS
+
+        pieces, size, algorithm = [], 0, ""
         async for chunk in request_iterator:
             if not pieces and chunk.python_version != python_version():
                 raise Mismatch(f"Python version mismatch: the cluster runs Python "
@@ -56,6 +58,11 @@ class JobControlServicer:
                                f"{chunk.python_version[:20] or '(unknown)'}; makers are "
                                f"pickled and only load on the same Python minor version, so "
                                f"submit from Python {python_version()}")
+            if not pieces:      # refused before anything is unpickled
+                algorithm = chunk.algorithm
+                if algorithm not in ALGORITHMS:
+                    raise Refused(f"algorithm: must be one of {', '.join(ALGORITHMS)}, got "
+                                  f"{algorithm[:20]!r}")
             size += len(chunk.config)
             if size > MAX_JOB_BYTES:
                 raise TooLarge(f"config: the job is over the {MAX_JOB_BYTES} byte limit; keep "
@@ -63,7 +70,7 @@ class JobControlServicer:
             pieces.append(chunk.config)
         if not pieces:
             raise Refused("empty submission")
-        return await self.blocking.run(self._submit, serde.join_chunks(pieces))
+        return await self.blocking.run(self._submit, serde.join_chunks(pieces), algorithm)
 
     async def GetJobStatus(self, request, context) -> pb.JobStatus:
         return status_to_proto(await self.blocking.run(self._status, request.job_id))
