@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 from typing import Any, Callable
 
@@ -11,6 +12,10 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from drlbox.ops.fast_forward import compile_numpy_forward, make_predict_fn  # noqa: E402
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "examples"))
+from nature_cnn import nature_cnn as nature_cnn_trunk  # noqa: E402
 
 L = keras.layers
 BATCHES = (1, 8, 32)
@@ -26,11 +31,7 @@ def mlp() -> keras.Model:
 def nature_cnn(n_actions: int = 6) -> keras.Model:
     """DQN Nature CNN on 84x84x4 with Rescaling(1/255), heads: logits + value."""
     inp = keras.Input((84, 84, 4))
-    h = L.Rescaling(1.0 / 255)(inp)
-    h = L.Conv2D(32, 8, strides=4, activation="relu")(h)
-    h = L.Conv2D(64, 4, strides=2, activation="relu")(h)
-    h = L.Conv2D(64, 3, strides=1, activation="relu")(h)
-    h = L.Dense(512, activation="relu")(L.Flatten()(h))
+    h = nature_cnn_trunk(inp)
     return keras.Model(inp, [L.Dense(n_actions)(h), L.Dense(1)(h)], name="nature_cnn")
 
 

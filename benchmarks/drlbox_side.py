@@ -1,15 +1,22 @@
 """drlbox's side of the SB3 comparison: offline evaluation of saved models, and Pong."""
 from __future__ import annotations
 
+import os
+import sys
+
 import gymnasium
 import keras
 import numpy as np
 
-from drlbox.algorithms import load_keras_model
-from drlbox.envs import make_env
-from drlbox.ops.fast_forward import make_predict_fn
-from drlbox.roles.evaluator import evaluation_policy, run_episodes
-from drlbox.trainer import make_trainer
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "examples"))
+from nature_cnn import nature_cnn  # noqa: E402
+
+from drlbox.algorithms import load_keras_model  # noqa: E402
+from drlbox.envs import make_env  # noqa: E402
+from drlbox.ops.fast_forward import make_predict_fn  # noqa: E402
+from drlbox.roles.evaluator import evaluation_policy, run_episodes  # noqa: E402
+from drlbox.trainer import make_trainer  # noqa: E402
 
 SOLVED = 475.0
 EPISODES = 20
@@ -59,11 +66,7 @@ def channels_last(obs) -> np.ndarray:
 def nature_cnn_a3c(env) -> keras.Model:
     """The Nature CNN with A3C's (logits, value) heads."""
     inp = keras.Input((84, 84, 4))
-    x = keras.layers.Rescaling(1.0 / 255)(inp)
-    x = keras.layers.Conv2D(32, 8, strides=4, activation="relu")(x)
-    x = keras.layers.Conv2D(64, 4, strides=2, activation="relu")(x)
-    x = keras.layers.Conv2D(64, 3, strides=1, activation="relu")(x)
-    x = keras.layers.Dense(512, activation="relu")(keras.layers.Flatten()(x))
+    x = nature_cnn(inp)
     logits = keras.layers.Dense(int(env.action_space.n))(x)
     return keras.Model(inp, [logits, keras.layers.Dense(1)(x)])
 

@@ -17,6 +17,7 @@ import gymnasium
 import keras
 import numpy as np
 from gymnasium.wrappers import AtariPreprocessing, FrameStackObservation, TransformReward
+from nature_cnn import nature_cnn
 
 from drlbox.trainer import make_trainer
 
@@ -42,12 +43,7 @@ def make_model(env):
     """The Nature CNN with ACER's two heads: policy logits and Q-values, one per action."""
     num_actions = int(env.action_space.n)    # Keras 3 refuses NumPy integers as layer sizes
     inputs = keras.Input(shape=(84, 84, 4))
-    x = keras.layers.Rescaling(1.0 / 255.0)(inputs)
-    x = keras.layers.Conv2D(32, 8, strides=4, activation="relu")(x)
-    x = keras.layers.Conv2D(64, 4, strides=2, activation="relu")(x)
-    x = keras.layers.Conv2D(64, 3, strides=1, activation="relu")(x)
-    x = keras.layers.Flatten()(x)
-    x = keras.layers.Dense(512, activation="relu")(x)
+    x = nature_cnn(inputs)
     logits = keras.layers.Dense(num_actions, name="logits")(x)
     q_values = keras.layers.Dense(num_actions, name="q_values")(x)
     return keras.Model(inputs, [logits, q_values])

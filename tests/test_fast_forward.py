@@ -1,6 +1,8 @@
 """NumPy forward plans (drlbox.ops.fast_forward) must match model(x, training=False)."""
 from __future__ import annotations
 
+import os
+import sys
 from typing import Any
 
 import keras
@@ -8,6 +10,10 @@ import numpy as np
 import pytest
 
 from drlbox.ops.fast_forward import NumpyForward, compile_numpy_forward, make_predict_fn
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "examples"))
+from nature_cnn import nature_cnn as nature_cnn_trunk  # noqa: E402
 
 L = keras.layers
 RNG = np.random.default_rng(1234)
@@ -48,12 +54,7 @@ def mlp_two_heads() -> keras.Model:
 
 def nature_cnn(n_actions: int = 6) -> keras.Model:
     inp = keras.Input((84, 84, 4))
-    h = L.Rescaling(1.0 / 255)(inp)
-    h = L.Conv2D(32, 8, strides=4, activation="relu")(h)
-    h = L.Conv2D(64, 4, strides=2, activation="relu")(h)
-    h = L.Conv2D(64, 3, strides=1, activation="relu")(h)
-    h = L.Flatten()(h)
-    h = L.Dense(512, activation="relu")(h)
+    h = nature_cnn_trunk(inp)
     return keras.Model(inp, [L.Dense(n_actions)(h), L.Dense(1)(h)])
 
 
