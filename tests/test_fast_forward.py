@@ -308,3 +308,19 @@ def test_make_predict_fn_policies() -> None:
     fn.refresh()
     _assert_matches(fn(xi), cnn, xi)
     assert make_predict_fn(cnn, prefer="numpy").backend == "numpy"
+
+
+def test_a_plan_that_disagrees_with_its_model_is_not_used() -> None:
+    """The NumPy plan reads Keras internals; every plan is checked once against the model, and
+    one that does not reproduce it (here: a plan of another model of the same shape, as a
+    Keras change could produce) gives way to tf.function, with a warning naming the model."""
+    from drlbox.ops.fast_forward import _checked
+
+    model, other = mlp_two_heads(), mlp_two_heads()
+    other.set_weights([w + 0.5 for w in model.get_weights()])
+    assert _checked(compile_numpy_forward(model), model).backend == "numpy"
+    with pytest.warns(RuntimeWarning, match=f"{other.name}.*disagrees with the Keras model"):
+        fn = _checked(compile_numpy_forward(other), model)
+    assert fn.backend == "tf"
+    x = _randn(2, 4)
+    _assert_matches(fn(x), model, x)

@@ -305,12 +305,58 @@ class TFForward:
         return [t.numpy() for t in self._forward(*xs)]
 
 
-def _pick_faster(plan: NumpyForward, tf_fn: TFForward) -> PredictFn:
+def _dummy_batch(plan: NumpyForward) -> list[np.ndarray] | None:
+    """One random input per model input (batch 1), or None when a shape is not fixed."""
     shapes = [tuple(t.shape[1:]) for t in _functional_of(plan.model).inputs]
     if any(d is None for s in shapes for d in s):
-        return tf_fn  # cannot build a dummy batch: keep the general path
+        return None
     rng = np.random.default_rng(0)
-    xs = [rng.random((1,) + s, dtype=np.float32) for s in shapes]
+    return [rng.random((1,) + s, dtype=np.float32) for s in shapes]
+
+
+def _agrees(plan: NumpyForward, reference: Callable[..., Any], xs: list[np.ndarray]) -> bool:
+    """Whether the plan gives the reference's outputs on `xs` (warns naming the model if not)."""
+    try:
+        ref = reference(*xs)
+        got = plan(*xs)
+    except Exception as e:  # e.g. a shape the plan mishandles: TF is the safe side
+        logger.warning("NumPy plan of %r failed on a dummy batch: %r", plan.model.name, e)
+        return False
+    for g, r in zip(got, ref):
+        r = np.asarray(r)
+        scale = max(1.0, float(np.abs(r).max(initial=0.0)))
+        if g.shape != r.shape or not np.allclose(g, r, rtol=1e-4, atol=1e-4 * scale):
+            warnings.warn(f"NumPy plan of {plan.model.name!r} disagrees with the Keras model; "
+                          f"acting through tf.function instead (slower, exact)",
+                          RuntimeWarning, stacklevel=4)
+            return False
+    return len(got) == len(ref)
+
+
+def _keras_reference(model: Any) -> Callable[..., list]:
+    """The model itself, called eagerly: what the plan must reproduce."""
+    def call(*xs: np.ndarray) -> list:
+        out = model(xs[0] if len(xs) == 1 else list(xs), training=False)
+        return [np.asarray(o) for o in keras.tree.flatten(out)]
+
+    return call
+
+
+def _checked(plan: NumpyForward, model: Any) -> PredictFn:
+    """The plan if it reproduces the model on a dummy batch, else tf.function. Checked once
+    for every model: the plan reads Keras internals that a Keras release may change."""
+    xs = _dummy_batch(plan)
+    if xs is None or _agrees(plan, _keras_reference(model), xs):
+        return plan
+    return TFForward(model)
+
+
+def _pick_faster(plan: NumpyForward, tf_fn: TFForward) -> PredictFn:
+    xs = _dummy_batch(plan)
+    if xs is None:
+        return tf_fn  # cannot build a dummy batch: keep the general path
+    if not _agrees(plan, tf_fn, xs):      # its first call traces
+        return tf_fn
 
     def best_of_5(f: Callable[..., Any]) -> float:
         times = []
@@ -320,18 +366,6 @@ def _pick_faster(plan: NumpyForward, tf_fn: TFForward) -> PredictFn:
             times.append(time.perf_counter() - t0)
         return min(times)
 
-    try:
-        ref = tf_fn(*xs)  # first call traces
-        got = plan(*xs)
-    except Exception as e:  # e.g. a shape the plan mishandles: TF is the safe side
-        logger.warning("NumPy plan of %r failed on a dummy batch: %r", plan.model.name, e)
-        return tf_fn
-    for g, r in zip(got, ref):
-        scale = max(1.0, float(np.abs(r).max(initial=0.0)))
-        if g.shape != r.shape or not np.allclose(g, r, rtol=1e-4, atol=1e-4 * scale):
-            warnings.warn(f"NumPy plan of {plan.model.name!r} disagrees with TF; using TF",
-                          RuntimeWarning, stacklevel=3)
-            return tf_fn
     t_np, t_tf = best_of_5(plan), best_of_5(tf_fn)
     logger.info("%r at batch 1: numpy %.0f us, tf.function %.0f us",
                 plan.model.name, t_np * 1e6, t_tf * 1e6)
@@ -341,8 +375,8 @@ def _pick_faster(plan: NumpyForward, tf_fn: TFForward) -> PredictFn:
 def make_predict_fn(model: Any, prefer: str = "auto") -> PredictFn:
     """Fastest exact inference callable for ``model``: NumPy plan or tf.function.
 
-    ``prefer='auto'``: NumPy for conv-free models, else benchmark both once at
-    batch 1. ``'numpy'`` raises ValueError if the model cannot be compiled;
+    ``prefer='auto'``: NumPy for conv-free models once it reproduces the model on a dummy
+    batch, else benchmark both once at batch 1 (after the same check). ``'numpy'`` raises ValueError if the model cannot be compiled;
     ``'tf'`` always uses tf.function.
     """
     if prefer not in ("auto", "numpy", "tf"):
@@ -354,6 +388,8 @@ def make_predict_fn(model: Any, prefer: str = "auto") -> PredictFn:
         if prefer == "numpy":
             raise ValueError(f"model {model.name!r} cannot be compiled to a NumPy plan")
         return TFForward(model)
-    if prefer == "numpy" or plan.conv_params == 0:
+    if prefer == "numpy":
         return plan
+    if plan.conv_params == 0:
+        return _checked(plan, model)
     return _pick_faster(plan, TFForward(model))
