@@ -410,4 +410,6 @@ def test_a_local_run_answers_only_its_own_roles(port_base):
                                                     security=security)) as owner:
                 owner.stop("the test is done")
         runner.join(300)
-    assert results and results[0].state == "stopped" and results[0].global_steps > 0
+    # Stopped by the owner's call (the token works), however far the run had got.
+    assert results and results[0].state == "stopped"
+    assert results[0].message == "the test is done"
