@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, Sequence
 
 import keras
 import numpy as np
@@ -267,6 +267,13 @@ def compile_numpy_forward(model: Any) -> NumpyForward | None:
     return None
 
 
+def _packed(struct: Any, xs: Sequence[Any]) -> Any:
+    """Inputs in the structure the model was built with (a bare tensor for one input)."""
+    if struct is not None:
+        return keras.tree.pack_sequence_as(struct, list(xs))
+    return xs[0] if len(xs) == 1 else list(xs)
+
+
 class TFForward:
     """``tf.function`` inference wrapper with the PredictFn interface."""
 
@@ -285,11 +292,7 @@ class TFForward:
 
         @tf.function(reduce_retracing=True)
         def forward(*xs: Any) -> list[Any]:
-            if struct is not None:
-                packed = keras.tree.pack_sequence_as(struct, list(xs))
-            else:
-                packed = xs[0] if len(xs) == 1 else list(xs)
-            return keras.tree.flatten(model(packed, training=False))
+            return keras.tree.flatten(model(_packed(struct, xs), training=False))
 
         self._forward = forward
 
@@ -334,9 +337,12 @@ def _agrees(plan: NumpyForward, reference: Callable[..., Any], xs: list[np.ndarr
 
 
 def _keras_reference(model: Any) -> Callable[..., list]:
-    """The model itself, called eagerly: what the plan must reproduce."""
+    """The model itself, called eagerly with its inputs in the structure it was built with:
+    what the plan must reproduce."""
+    struct = getattr(_functional_of(model), "_inputs_struct", None)
+
     def call(*xs: np.ndarray) -> list:
-        out = model(xs[0] if len(xs) == 1 else list(xs), training=False)
+        out = model(_packed(struct, xs), training=False)
         return [np.asarray(o) for o in keras.tree.flatten(out)]
 
     return call
