@@ -24,7 +24,8 @@ import grpc
 from drlbox.jobs import Job
 from drlbox.roles.interfaces import Checkpoint
 from drlbox.launch.forkserver import ForkServer, ForkServerGone
-from drlbox.launch.processes import TOKEN_VARIABLE, load_start_error, quiet_tensorflow_logs
+from drlbox.launch.processes import (TOKEN_VARIABLE, env_flag, load_start_error,
+                                     quiet_tensorflow_logs)
 from drlbox.launch.progress import Progress
 from drlbox.rpc.security import Security
 from drlbox.rpc.server import PortInUseError, wait_healthy
@@ -103,7 +104,7 @@ def roles_log_progress() -> bool:
     """Whether role processes log their INFO lines: only with DRLBOX_VERBOSE=1, as in a
     cluster. The progress bar (verbose=True) shows what they say (evaluations, the job's end),
     and lines from other processes would only break it. Warnings and errors always show."""
-    return os.environ.get("DRLBOX_VERBOSE", "0") not in ("", "0")
+    return env_flag("DRLBOX_VERBOSE")
 
 
 class _StoppedFromOutside(Exception):

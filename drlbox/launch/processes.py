@@ -58,12 +58,17 @@ def private_security() -> Any:
 TF_LOGS_VARIABLE = "DRLBOX_TF_LOGS"
 
 
+def env_flag(name: str, env: Any = os.environ) -> bool:
+    """Whether a DRLBOX_* switch is on (set, and not empty or 0)."""
+    return env.get(name, "0") not in ("", "0")
+
+
 def quiet_tensorflow_logs(env: Any = os.environ) -> None:
     """Keep TensorFlow's C++ log lines (e.g. a CUDA probe's error on a machine without a GPU,
     which reads like a failure) out of the user's terminal, unless DRLBOX_TF_LOGS=1 asks for
     them or TF_CPP_MIN_LOG_LEVEL is set already. Only takes effect before TensorFlow is
     imported; errors still raise as exceptions."""
-    if env.get(TF_LOGS_VARIABLE, "0") in ("", "0"):
+    if not env_flag(TF_LOGS_VARIABLE, env):
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
@@ -74,7 +79,7 @@ def quiet_stderr():
     TensorFlow's start-up lines (oneDNN, CUDA probing) ignore TF_CPP_MIN_LOG_LEVEL: they are
     written while TensorFlow loads, so the load itself is muted.
     """
-    if os.environ.get(TF_LOGS_VARIABLE, "0") not in ("", "0"):
+    if env_flag(TF_LOGS_VARIABLE):
         yield
         return
     sys.stderr.flush()
