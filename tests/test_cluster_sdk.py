@@ -86,10 +86,13 @@ def test_job_trains_and_its_checkpoint_loads_and_evaluates(client, tmp_path):
     import drlbox.layers  # noqa: F401  (registers drlbox's layers with Keras)
     from drlbox.evaluator import make_evaluator
 
-    job = client.submit("a3c", **cartpole_job(eval_interval=2000, eval_episodes=2))
+    # The job ends on its first evaluation (any CartPole return reaches 1), so it cannot end
+    # before the evaluator, which joins a second or so after the workers, has played.
+    job = client.submit("a3c", **cartpole_job(train_steps=1_000_000, eval_interval=2000,
+                                              eval_episodes=2, target_return=1.0))
     status = job.wait(timeout=300, progress=True)
     assert status.state == "done", status.message
-    assert status.global_steps >= 4000
+    assert "target_return" in status.message and status.global_steps >= 2000
     metrics = job.metrics()
     assert metrics["evaluations"], "the cluster's evaluator reported nothing"
     assert metrics["episodes"] > 0 and metrics["episode_returns"]

@@ -102,11 +102,14 @@ def test_every_role_reports_what_the_job_did(cluster):
         idle = cluster.scrape("parameter-server")
         assert value(idle, "drlbox_job_queue_length") == 0
         assert not any(name.startswith("drlbox_env_steps") for name, _ in idle)
+        # It ends on its first evaluation (any return reaches 1), at 3000 steps or more: a job
+        # ending on train_steps could end before the evaluator joined, with nothing to report.
         job = client.submit("acer", env_maker=lambda: gymnasium.make("CartPole-v1"),
-                            feature_maker=features, train_steps=3000, rollout_maxlen=8,
+                            feature_maker=features, train_steps=1_000_000, rollout_maxlen=8,
                             batch_size=4, replay_type="uniform", replay_ratio=1,
-                            replay_kwargs={"maxlen": 200, "minlen": 8}, eval_interval=1000,
-                            eval_episodes=2, opt_kwargs={"learning_rate": 2e-3})
+                            replay_kwargs={"maxlen": 200, "minlen": 8}, eval_interval=3000,
+                            eval_episodes=2, target_return=1.0,
+                            opt_kwargs={"learning_rate": 2e-3})
         jid = job.job_id
 
         # While it runs: the step counter moves, and each weight slice applies updates.
@@ -132,7 +135,7 @@ def test_every_role_reports_what_the_job_did(cluster):
     assert value(ps, "drlbox_env_steps_total", job=jid) == status.global_steps >= 3000
     updates = value(ps, "drlbox_gradient_updates_total", job=jid)
     assert updates == status.updates > 0
-    assert value(ps, "drlbox_train_steps", job=jid) == 3000
+    assert value(ps, "drlbox_train_steps", job=jid) == 1_000_000
     assert value(ps, "drlbox_job_running", job=jid) == 0
     assert value(ps, "drlbox_jobs", state="done") == 1
     assert value(ps, "drlbox_env_steps_per_second", job=jid) > 0
