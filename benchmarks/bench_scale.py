@@ -90,17 +90,13 @@ def job_config(model: str, extra: dict):
 def start_servers(config, port_begin: int):
     """Start the parameter-server role process(es) as a local run does (the coordinator and
     ps_shards - 1 shard processes); returns the run, the server pids and the address."""
-    from drlbox.launch.local import HOST, LocalRun
+    from drlbox.launch.local import LocalRun
     from drlbox.rpc.parameter_client import ParameterClient
 
     run = LocalRun(config)
-    address = f"{HOST}:{port_begin}"
-    run._spawn("parameter-server", "parameter-server", stdin=run.job.encode(),
-               job_id=run.job.job_id, port=port_begin, verbose=False)
-    run._wait_started("parameter-server", address)
-    for k in range(1, config.ps_shards):
-        run._spawn_shard(k, address)
-    client = ParameterClient(address, run.job.job_id, timeout=120.0, security=run_security(run))
+    address = run.start_parameter_server(port_begin)
+    run.submit()
+    client = ParameterClient(address, run.job_id, timeout=120.0, security=run_security(run))
     client.get_weights(-1)          # waits until every shard serves
     client.close()
     return run, [p.pid for p in run.procs.values()], address
@@ -190,12 +186,12 @@ def measure(address: str, run, pids: list[int], workers: int, seconds: float,
     start_at = time.time() + spawn_allowance + WARMUP_SECONDS
     stop_at = start_at + seconds
     procs = [ctx.Process(target=simulated_worker, daemon=True,
-                         args=(address, run.job.job_id, run.token, i, rate, start_at, stop_at,
+                         args=(address, run.job_id, run.token, i, rate, start_at, stop_at,
                                config.ps_shards, config.compress_gradients, out))
              for i in range(workers)]
     for proc in procs:
         proc.start()
-    status = ParameterClient(address, run.job.job_id, timeout=30.0, security=run_security(run))
+    status = ParameterClient(address, run.job_id, timeout=30.0, security=run_security(run))
     time.sleep(max(0.0, start_at - time.time()))
     updates0, cpu0 = status.status().updates, [cpu_seconds(p) for p in pids]
     t0 = time.time()
@@ -233,7 +229,7 @@ def run_config(name: str, model: str, extra: dict, workers: list[int], seconds: 
             points.append(point)
             print(format_row(point), flush=True)
     finally:
-        run._shutdown()
+        run.close()
     return points
 
 

@@ -112,7 +112,7 @@ def _huge_upload(run: Run, size: int) -> Row:
     """A gradient stream announcing the right size, then 200 MiB of frames."""
     pid = run.pid("parameter-server")
     before = rss_mb(pid)
-    header = pb.RequestHeader(job_id=run.local.job.job_id, gradient_values=size, newer_than=-1)
+    header = pb.RequestHeader(job_id=run.local.job_id, gradient_values=size, newer_than=-1)
     sent = []
 
     def frames():
@@ -135,7 +135,7 @@ def _strangers(run: Run) -> Row:
         calls = {"GetStatus": lambda: channel.unary_unary(
                      "/drlbox.v1.ParameterServer/GetStatus")(b"", timeout=10),
                  "Stop": lambda: channel.unary_unary("/drlbox.v1.ParameterServer/Stop")(
-                     pb.StopRequest(job_id=run.local.job.job_id).SerializeToString(),
+                     pb.StopRequest(job_id=run.local.job_id).SerializeToString(),
                      timeout=10),
                  "GetJob": lambda: list(channel.unary_stream(
                      "/drlbox.v1.ParameterServer/GetJob")(b"", timeout=10))}
@@ -147,7 +147,7 @@ def _strangers(run: Run) -> Row:
 def poisonous_replay() -> list[Row]:
     with running("dqn", PORT + 20, num_parallel=2, batch_size=4, rollout_maxlen=4,
                  replay_type="uniform", replay_kwargs=dict(maxlen=500, minlen=20)) as run:
-        replay = ReplayClient(f"127.0.0.1:{PORT + 21}", run.local.job.job_id, timeout=30,
+        replay = ReplayClient(f"127.0.0.1:{PORT + 21}", run.local.job_id, timeout=30,
                               security=run.security)
         lists = [{"obs": np.zeros((3, 5), np.float32), "actions": np.zeros(2, np.int64),
                   "rewards": np.zeros(2, np.float32), "behaviour": np.zeros((2, 0), np.float32),
@@ -219,7 +219,7 @@ def replay_killed() -> Row:
         client = run.client()
         old = run.pid("replay-server")
         killed = run.kill("replay-server")
-        replay = ReplayClient(f"127.0.0.1:{PORT + 61}", run.local.job.job_id, timeout=5,
+        replay = ReplayClient(f"127.0.0.1:{PORT + 61}", run.local.job_id, timeout=5,
                               security=run.security)
         wait_for(lambda: run.pid("replay-server") != old and _replay_answers(replay), 120,
                  "a new replay server")
@@ -291,7 +291,7 @@ def ps_killed_local(save_interval: int = 1000) -> Row:
     before = client.status()
     killed = run.kill("parameter-server")
     saved = _resume_counters(os.path.join(directory, "save",
-                                          f".resume-{run.local.job.job_id}.npz"))
+                                          f".resume-{run.local.job_id}.npz"))
     status = wait_for(lambda: _resumed(client), 300, "the parameter server to come back")
     seconds = time.monotonic() - killed
     lost = before.global_steps - status.resumed_from_steps

@@ -96,12 +96,12 @@ class Run:
         return Security(token=self.local.token)
 
     def client(self, timeout: float = 30.0) -> ParameterClient:
-        return ParameterClient(self.address, self.local.job.job_id, timeout=timeout,
+        return ParameterClient(self.address, self.local.job_id, timeout=timeout,
                                security=self.security)
 
     def start(self, min_steps: int = 1, timeout: float = 300.0) -> "Run":
         self.thread.start()
-        wait_for(lambda: self.local.procs.get("parameter-server") is not None, timeout)
+        wait_for(lambda: self.local.job_id, timeout, "the run's job to be submitted")
         client = self.client()
         try:
             wait_for(lambda: _steps(client) >= min_steps, timeout, "the run to make progress")

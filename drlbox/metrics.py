@@ -314,16 +314,15 @@ def serve_metrics(port: int | None, host: str, collector: Any, role: str) -> Any
     return server
 
 
-def serve_local_metrics(offset: int, collector: Any, role: str) -> Any:
-    """In a local run's role process: serve metrics on loopback at $DRLBOX_METRICS_PORT_BASE
-    + offset when that variable is set (a bad value is logged, not raised)."""
-    base = os.environ.get(PORT_BASE_VARIABLE, "")
+def local_metrics_port(offset: int) -> int:
+    """A local run's role's metrics port: $DRLBOX_METRICS_PORT_BASE + offset, or 0 (no metrics)
+    when that variable is unset or bad (a bad value is logged, not raised: the run goes on)."""
     try:
-        port = check_metrics_port(base, PORT_BASE_VARIABLE)
+        base = check_metrics_port(os.environ.get(PORT_BASE_VARIABLE, ""), PORT_BASE_VARIABLE)
     except ValueError as err:
-        log.warning("%s: metrics off: %s", role, err)
-        return None
-    return serve_metrics(port and port + offset, "127.0.0.1", collector, role)
+        log.warning("metrics off: %s", err)
+        return 0
+    return base and base + offset
 
 
 def check_metrics_port(value: str | int | None, where: str) -> int:

@@ -6,8 +6,7 @@ first env step. The fork server pays it once: it imports what the roles need (an
 starts a thread or initialises the TensorFlow runtime, so forking it is safe), then forks a child
 per role on request. Children share the imported pages copy-on-write.
 
-The launcher talks to it over two pipes: requests on its stdin (a JSON line, then the role's
-input bytes), replies on `reply_fd` ("started NAME PID" / "exited PID CODE" lines). The server
+The launcher talks to it over two pipes: requests on its stdin (a JSON line each), replies on `reply_fd` ("started NAME PID" / "exited PID CODE" lines). The server
 ignores SIGINT and SIGTERM (the launcher decides how a run stops) and ends when its stdin
 closes, terminating any child still running.
 """
@@ -58,18 +57,17 @@ def _name_process(role: str, kwargs: dict) -> None:
         from setproctitle import setproctitle
     except ImportError:
         return
-    shown = {k: v for k, v in kwargs.items() if k != "job_bytes"}
-    setproctitle(f"{sys.executable} -m drlbox.launch.role {role} {json.dumps(shown)}")
+    setproctitle(f"{sys.executable} -m drlbox.launch.role {role} {json.dumps(kwargs)}")
 
 
-def _run_child(roles: dict[str, Callable[..., Any]], role: str, kwargs: dict) -> None:
+def _run_child(run_role: Callable[[str, dict], None], role: str, kwargs: dict) -> None:
     """The forked child: become the role, and never return into the server's loop."""
     code = 0
     try:
         _name_process(role, kwargs)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        roles[role](**kwargs)
+        run_role(role, kwargs)
     except SystemExit as stop:
         code = stop.code if isinstance(stop.code, int) else 1
     except BaseException:       # noqa: B036 -- a role's crash is reported by its exit code
@@ -82,7 +80,7 @@ def _run_child(roles: dict[str, Callable[..., Any]], role: str, kwargs: dict) ->
 
 
 class _Requests:
-    """Requests from the launcher on a pipe: a JSON header line, then `input_bytes` bytes."""
+    """Requests from the launcher on a pipe: a JSON line each."""
 
     def __init__(self, fd: int):
         self.fd, self.buffer, self.closed = fd, b"", False
@@ -93,20 +91,16 @@ class _Requests:
         self.closed = not chunk
         self.buffer += chunk
 
-    def pop(self) -> tuple[dict, bytes] | None:
+    def pop(self) -> dict | None:
         """The next complete request, if the buffer holds one."""
         line_end = self.buffer.find(b"\n")
         if line_end < 0:
             return None
-        header = json.loads(self.buffer[:line_end])
-        end = line_end + 1 + header.get("input_bytes", 0)
-        if len(self.buffer) < end:
-            return None
-        data, self.buffer = self.buffer[line_end + 1:end], self.buffer[end:]
-        return header, data
+        line, self.buffer = self.buffer[:line_end], self.buffer[line_end + 1:]
+        return json.loads(line)
 
 
-def serve(reply_fd: int, roles: dict[str, Callable[..., Any]]) -> None:
+def serve(reply_fd: int, run_role: Callable[[str, dict], None]) -> None:
     """The fork server's loop: fork on request, report children's exits; exit at EOF."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -120,10 +114,9 @@ def serve(reply_fd: int, roles: dict[str, Callable[..., Any]]) -> None:
         if readable:
             requests.fill()
         while (request := requests.pop()) is not None:
-            header, data = request
-            pid = _fork_role(roles, header, data, replies)
+            pid = _fork_role(run_role, request, replies)
             children.add(pid)
-            replies.write(f"started {header['name']} {pid}\n")
+            replies.write(f"started {request['name']} {pid}\n")
         _reap(children, replies)
     _end_children(children, replies)
     replies.close()
@@ -131,19 +124,15 @@ def serve(reply_fd: int, roles: dict[str, Callable[..., Any]]) -> None:
     os._exit(0)
 
 
-def _fork_role(roles: dict[str, Callable[..., Any]], header: dict, data: bytes,
-               replies: Any) -> int:
+def _fork_role(run_role: Callable[[str, dict], None], request: dict, replies: Any) -> int:
     """Fork a child that runs the requested role; its pid."""
-    kwargs = header["kwargs"]
-    if header["role"] == "parameter-server":
-        kwargs["job_bytes"] = data
     pid = os.fork()
     if pid == 0:
         replies.close()
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)       # the request pipe is the server's alone
         os.close(devnull)
-        _run_child(roles, header["role"], kwargs)
+        _run_child(run_role, request["role"], request["kwargs"])
     return pid
 
 
@@ -249,14 +238,13 @@ class ForkServer:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def fork(self, name: str, role: str, kwargs: dict, data: bytes | None = None,
-             timeout: float = 180.0) -> ForkedRole:
+    def fork(self, name: str, role: str, kwargs: dict, timeout: float = 180.0) -> ForkedRole:
         """Start `role` as a child of the fork server; its handle once it runs."""
-        header = dict(name=name, role=role, kwargs=kwargs, input_bytes=len(data or b""))
+        request = dict(name=name, role=role, kwargs=kwargs)
         with self._lock:
             self._started.pop(name, None)
             try:
-                self.proc.stdin.write(json.dumps(header).encode() + b"\n" + (data or b""))
+                self.proc.stdin.write(json.dumps(request).encode() + b"\n")
                 self.proc.stdin.flush()
             except (BrokenPipeError, ValueError):
                 raise ForkServerGone("the fork server has ended") from None

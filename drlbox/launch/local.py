@@ -1,8 +1,14 @@
-"""Run a training job on this machine: every role a spawned process, gRPC over 127.0.0.1.
+"""Run a training job on this machine, as a one-machine cluster: gRPC over 127.0.0.1.
+
+The roles are the cluster's own entry points (drlbox.launch.entrypoints), each a process, with
+a private token: the parameter server hosts a job queue in a temporary directory, the launcher
+submits the run's one job through job control, and the workers and evaluator find it as they
+would in a cluster and leave when it is over.
 
 Ports: the parameter server on `port_begin`, replay on +1, the evaluator on +2, worker i on
-+3+i. The launcher watches the job, shows progress, reports workers that die (training goes on
-with the others) and stops every process on the way out, whatever happened.
++3+i. The launcher watches the job, shows progress, restarts the roles that can come back,
+reports workers that die (training goes on with the others) and stops every process on the way
+out, whatever happened.
 """
 from __future__ import annotations
 
@@ -10,6 +16,7 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -22,11 +29,13 @@ from typing import Any
 import grpc
 
 from drlbox.jobs import Job
-from drlbox.roles.interfaces import Checkpoint
 from drlbox.launch.forkserver import ForkServer, ForkServerGone
 from drlbox.launch.processes import (TOKEN_VARIABLE, env_flag, load_start_error,
                                      quiet_tensorflow_logs)
 from drlbox.launch.progress import Progress
+from drlbox.metrics import local_metrics_port
+from drlbox.roles.interfaces import Checkpoint
+from drlbox.roles.job_host import resume_file
 from drlbox.rpc.security import Security
 from drlbox.rpc.server import PortInUseError, wait_healthy
 
@@ -116,10 +125,11 @@ class LocalRun:
 
     def __init__(self, config: Any):
         self.config = config
-        self.job = Job.new(config)
+        self.job_id = ""            # given by the parameter server's job host at submission
         # Only this run's roles know it: no other local user can stop the run, read its
         # makers or push to it (the roles get it in their environment, not their arguments).
         self.token = secrets.token_urlsafe(24)
+        self.security = Security(token=self.token)
         self.procs: dict[str, subprocess.Popen] = {}
         self._restart: dict = {}
         self._restarts: dict[str, int] = {}
@@ -127,6 +137,7 @@ class LocalRun:
         self._interrupted = False
         self._forks: ForkServer | None = None
         self._error_file = ""
+        self._data_dir = ""
 
     def _role_env(self) -> dict:
         """The environment of every role process."""
@@ -137,62 +148,78 @@ class LocalRun:
         quiet_tensorflow_logs(env)
         return env
 
-    def _spawn(self, name: str, role: str, stdin: bytes | None = None, **kwargs: Any) -> None:
+    def _spawn(self, name: str, role: str, /, **kwargs: Any) -> None:
         """Start a role: forked by the fork server, or else as a fresh interpreter (the user's
         script is never re-imported either way)."""
+        kwargs["verbose"] = roles_log_progress()
         if self._forks is not None and self._forks.alive:
             try:
-                self.procs[name] = self._forks.fork(name, role, kwargs, stdin)
+                self.procs[name] = self._forks.fork(name, role, kwargs)
                 return
             except ForkServerGone:
                 pass
-        proc = subprocess.Popen(
+        self.procs[name] = subprocess.Popen(
             [sys.executable, "-m", "drlbox.launch.role", role, json.dumps(kwargs)],
-            stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-            env=self._role_env())
-        if stdin is not None:
-            proc.stdin.write(stdin)
-            proc.stdin.close()
-        self.procs[name] = proc
+            stdin=subprocess.DEVNULL, env=self._role_env())
+
+    def start_parameter_server(self, port: int) -> str:
+        """Start the parameter server (the job host) and its shards; its address once it
+        serves."""
+        if not self._data_dir:
+            self._make_run_files()
+        ps_address = f"{HOST}:{port}"
+        self._ps_address = ps_address
+        self._restart["parameter-server"] = lambda: self._spawn(
+            "parameter-server", "parameter-server", port=port, data_dir=self._data_dir,
+            shards=self.config.ps_shards, error_file=self._error_file,
+            metrics_port=local_metrics_port(0))
+        self._restart["parameter-server"]()
+        for k in range(1, self.config.ps_shards):
+            self._spawn_shard(k)
+        self._wait_started("parameter-server", ps_address)
+        return ps_address
+
+    def submit(self) -> str:
+        """Hand the run's job to the parameter server, as the SDK does; its job id."""
+        from drlbox.rpc.job_control import JobControlClient
+
+        jobs = JobControlClient(self._ps_address, self.security)
+        try:
+            status = jobs.submit(Job("", self.config).encode(), self.config.algorithm,
+                                 timeout=START_TIMEOUT)
+        finally:
+            jobs.close()
+        self.job_id = status.job_id
+        return self.job_id
 
     def _start_roles(self, ports: dict[str, int]) -> str:
-        cfg, verbose = self.config, roles_log_progress()
-        ps_address = f"{HOST}:{ports['parameter server']}"
-        self._ps_address = ps_address
-        self._restart = {
-            "parameter-server": lambda: self._spawn(
-                "parameter-server", "parameter-server", stdin=self.job.encode(),
-                job_id=self.job.job_id, port=ports["parameter server"], verbose=verbose,
-                error_file=self._error_file),
+        cfg = self.config
+        ps_address = self.start_parameter_server(ports["parameter server"])
+        self.submit()
+        # The other roles find the job as they would in a cluster (they poll for it).
+        replay_address = f"{HOST}:{ports['replay server']}" if cfg.uses_replay else None
+        self._restart.update({
             "replay-server": lambda: self._spawn(
                 "replay-server", "replay", ps_address=ps_address,
-                port=ports.get("replay server"), verbose=verbose),
+                port=ports.get("replay server"), metrics_port=local_metrics_port(1)),
             "evaluator": lambda: self._spawn(
-                "evaluator", "evaluator", ps_address=ps_address,
-                status_port=ports.get("evaluator"), verbose=verbose)}
-        # Every role starts at once: the others wait for the parameter server (and the
-        # replay server) as they would for one that restarts.
-        self._restart["parameter-server"]()
-        for k in range(1, cfg.ps_shards):
-            self._spawn_shard(k)
-        replay_address = f"{HOST}:{ports['replay server']}" if cfg.uses_replay else None
+                "evaluator", "evaluator", ps_address=ps_address, port=ports.get("evaluator"),
+                metrics_port=local_metrics_port(2))})
         if replay_address:
             self._restart["replay-server"]()
         for i in range(cfg.num_parallel):
-            self._spawn(f"worker-{i}", "worker", ps_address=ps_address,
-                        replay_address=replay_address, index=i,
-                        status_port=ports[f"worker {i}"], verbose=verbose)
+            self._spawn(f"worker-{i}", "worker", name=f"worker-{i}", ps_address=ps_address,
+                        replay_address=replay_address, port=ports[f"worker {i}"],
+                        metrics_port=local_metrics_port(3 + i))
         if cfg.eval_interval:
             self._restart["evaluator"]()
-        self._wait_started("parameter-server", ps_address)
         if replay_address:
             self._wait_started("replay-server", replay_address)
         return ps_address
 
     def _spawn_shard(self, k: int) -> None:
         """A parameter-server shard process (it takes whichever slice needs serving)."""
-        self._spawn(f"ps-shard-{k}", "ps-shard", ps_address=self._ps_address,
-                    verbose=roles_log_progress())
+        self._spawn(f"ps-shard-{k}", "ps-shard", ps_address=self._ps_address)
 
     def _wait_started(self, name: str, address: str) -> None:
         deadline = time.monotonic() + START_TIMEOUT
@@ -218,34 +245,45 @@ class LocalRun:
         if self.config.catch_signal:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 previous[sig] = signal.signal(sig, self._on_signal)
-        descriptor, self._error_file = tempfile.mkstemp(prefix="drlbox-start-error-")
-        os.close(descriptor)
-        os.remove(self._error_file)       # the parameter server writes it only on an error
         try:
             # The run's ports in its arguments: every process of the run can be told apart.
             self._forks = ForkServer(self._role_env(), f"ports {min(ports.values())}-"
                                                        f"{max(ports.values())}")
-            ps_address = self._start_roles(ports)
-            result = self._follow(ps_address)
+            self._start_roles(ports)
+            return self._follow()
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-            self._shutdown()
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(self._error_file)
-        if self.config.save_dir:        # the run ended: nothing to resume any more
-            resume = os.path.join(self.config.save_dir, f".resume-{self.job.job_id}.npz")
-            if os.path.exists(resume):
-                os.remove(resume)
-        return result
+            self.close()
 
-    def _follow(self, ps_address: str) -> TrainResult:
+    def close(self) -> None:
+        """Stop every role of the run and remove its files."""
+        self._shutdown()
+        self._remove_run_files()
+
+    def _make_run_files(self) -> None:
+        """The job host's directory (job records, so that a restarted parameter server finds
+        the job again) and the path where a start error comes back."""
+        self._data_dir = tempfile.mkdtemp(prefix="drlbox-run-")
+        self._error_file = os.path.join(self._data_dir, "start-error")
+
+    def _remove_run_files(self) -> None:
+        """The run ended: nothing to resume any more."""
+        if self._data_dir:
+            shutil.rmtree(self._data_dir, ignore_errors=True)
+        resume = resume_file(Job(self.job_id, self.config)) if self.job_id else None
+        if resume and os.path.exists(resume):
+            os.remove(resume)
+
+    def _follow(self) -> TrainResult:
+        from drlbox.rpc.job_control import JobControlClient
         from drlbox.rpc.parameter_client import ParameterClient
 
         # Not waiting for a server that is not there: the launcher must see it die and
         # start a new one, not wait on the address until the call's deadline.
-        client = ParameterClient(ps_address, self.job.job_id, timeout=10.0,
-                                 security=Security(token=self.token), wait_for_ready=False)
+        client = ParameterClient(self._ps_address, self.job_id, timeout=10.0,
+                                 security=self.security, wait_for_ready=False)
+        jobs = JobControlClient(self._ps_address, self.security)
         progress = Progress(self.config.verbose, self.config.train_steps,
                             f"{self.config.algorithm} x{self.config.num_parallel}")
         failed: list[str] = []
@@ -254,7 +292,7 @@ class LocalRun:
             while True:
                 self._check_roles(failed, progress, client)
                 try:
-                    status = client.status()
+                    status = jobs.status(self.job_id, timeout=10.0)
                 except grpc.RpcError:
                     # The server may have died after the check above (the next check restarts
                     # or reports it), be starting again, or be busy: give it a while.
@@ -263,8 +301,11 @@ class LocalRun:
                     time.sleep(0.25)
                     continue
                 answered = time.monotonic()
-                progress.update(status)
-                if not status.running:
+                if status.state == "failed":
+                    raise load_start_error(self._error_file) or RuntimeError(status.message)
+                if status.state != "queued":
+                    progress.update(status)
+                if status.state not in ("queued", "running"):
                     break
                 if self._interrupted:
                     with contextlib.suppress(grpc.RpcError):   # it may be ending already
@@ -273,7 +314,7 @@ class LocalRun:
                 time.sleep(0.25)
             self._join_workers(timeout=60.0)
             try:
-                status = client.status()
+                status = jobs.status(self.job_id, timeout=10.0)
             except grpc.RpcError:
                 # The parameter server may have ended right after saying the job stopped
                 # (SIGTERM to every process of the run): once its end is known, say how.
@@ -291,6 +332,7 @@ class LocalRun:
         finally:
             progress.close()
             client.close()
+            jobs.close()
         return TrainResult(status.job_id, status.state, status.message, status.global_steps,
                            status.updates, status.episodes, status.recent_return,
                            status.wall_seconds, status.train_seconds, status.evaluations,

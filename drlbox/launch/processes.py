@@ -1,7 +1,8 @@
-"""Entry points of the role processes: each builds its role, serves it, and exits cleanly.
+"""What the role processes share: logging, quiet TensorFlow, thread limits, and the builders
+of a job's parameter server, evaluator and replay memory (drlbox.launch.entrypoints runs them).
 
 Nothing here imports TensorFlow at module level: the replay process must stay free of it, and
-every TF-using entry point first caps TF's thread pools for small machines.
+every TF-using role first caps TF's thread pools for small machines.
 """
 from __future__ import annotations
 
@@ -18,13 +19,20 @@ from typing import Any, Callable
 log = logging.getLogger(__name__)
 # Exchange sessions hold a server thread each: room for many workers, shards and callers.
 PS_THREADS = 256
-JOB_WAIT_SECONDS = 300.0
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3      # glibc's mallopt parameters
 
 
-def setup_logging(role: str, verbose: bool) -> None:
-    """One log line format for every role process, local or in a cluster."""
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
+# Between INFO and WARNING: what a cluster role says of its life (listening, joined a job).
+# A cluster's logs show it; a local run's roles keep it out of the progress bar.
+NOTICE = logging.INFO + 5
+logging.addLevelName(NOTICE, "NOTICE")
+
+
+def setup_logging(role: str, verbose: bool, notices: bool = False) -> None:
+    """One log line format for every role process, local or in a cluster: INFO and up when
+    verbose, else warnings (and NOTICE lines with `notices`)."""
+    level = logging.INFO if verbose else NOTICE if notices else logging.WARNING
+    logging.basicConfig(level=level, stream=sys.stderr,
                         format=f"%(asctime)s drlbox {role} %(levelname)s %(message)s")
 
 
@@ -106,7 +114,7 @@ def import_tensorflow_quietly() -> None:
         tf.constant(0.0) + 1.0
 
 
-def _child_setup(verbose: bool, role: str) -> None:
+def child_setup(verbose: bool, role: str) -> None:
     """Common start of every role process: quiet logs, leave Ctrl-C to the launcher."""
     quiet_tensorflow_logs()
     keep_freed_memory()
@@ -140,16 +148,6 @@ def limit_tf_threads() -> None:
         tf.config.threading.set_intra_op_parallelism_threads(1)
         tf.config.threading.set_inter_op_parallelism_threads(1)
         tf.constant(0.0) + 1.0
-
-
-def _serve_until_terminated(server: Any, on_term: Any = None) -> None:
-    """Block until SIGTERM; then run on_term and stop the server gracefully."""
-    done = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: done.set())
-    done.wait()
-    if on_term is not None:
-        on_term()
-    server.stop(grace=2.0).wait()
 
 
 def build_parameter_server(job: Any, resume_file: str | None = None, shards: int = 1,
@@ -249,73 +247,6 @@ def rollout_spec(config: Any, env: Any, algorithm: Any, model: Any) -> dict:
     return list_spec(example, getattr(env.action_space, "n", None))
 
 
-def run_parameter_server(job_id: str, job_bytes: bytes, port: int, verbose: bool,
-                         error_file: str | None = None) -> None:
-    """The parameter server process: build the model, serve until terminated. What stops the
-    build (e.g. a mistake in the user's makers) goes to `error_file` for the launcher."""
-    _child_setup(verbose, "parameter-server")
-    limit_tf_threads()
-    from drlbox.jobs import Job
-    from drlbox.metrics import ParameterServerCollector, serve_local_metrics
-    from drlbox.roles.job_tables import SingleJob
-    from drlbox.rpc.parameter_server import add_parameter_server
-    from drlbox.rpc.server import make_server
-
-    try:
-        job = Job.decode(job_id, job_bytes)
-        server_role = build_parameter_server(job, local_resume_file(job),
-                                             shards=job.config.ps_shards,
-                                             security=private_security())
-    except Exception as err:
-        if error_file is None:
-            raise
-        save_start_error(error_file, err)
-        sys.exit(3)
-    jobs = SingleJob(job, server_role)
-    server, _ = make_server(port, [add_parameter_server(jobs)],
-                            max_workers=PS_THREADS, security=private_security())
-    serve_local_metrics(0, ParameterServerCollector(jobs), "parameter-server")
-    log.info("parameter server for job %s on port %d", job.job_id, port)
-
-    def on_term() -> None:
-        server_role.stop("parameter server terminated")
-        server_role.save_final()
-
-    _serve_until_terminated(server, on_term)
-
-
-def local_resume_file(job: Any) -> str | None:
-    """Where a local run's parameter server keeps what a restart resumes from (with
-    save_dir): named after the job, so another run's file is never picked up."""
-    if not job.config.save_dir:
-        return None
-    return os.path.join(job.config.save_dir, f".resume-{job.job_id}.npz")
-
-
-def run_shard(ps_address: str, verbose: bool) -> None:
-    """A parameter-server shard process of a local run (loopback, a port of its own)."""
-    _child_setup(verbose, "ps-shard")
-    limit_tf_threads()
-    from drlbox.launch.shard import serve_shards
-
-    serve_shards(ps_address, host="127.0.0.1", port=0, security=private_security())
-
-
-def fetch_job_when_ready(params: Any, timeout: float) -> Any:
-    """The running job, waiting while the parameter server has none ready (its shards may
-    still be joining)."""
-    import grpc
-
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return params.fetch_job()
-        except grpc.RpcError as err:
-            if err.code() != grpc.StatusCode.NOT_FOUND or time.monotonic() > deadline:
-                raise
-        time.sleep(0.2)
-
-
 def status_server(port: int, role: str, state: dict, host: str = "127.0.0.1",
                   security: Any = None):
     """Serve the role's status ({'state', 'job_id', 'counters'}, updated in place) and health."""
@@ -326,38 +257,6 @@ def status_server(port: int, role: str, state: dict, host: str = "127.0.0.1",
         lambda: (role, state["state"], state["job_id"], state["counters"]))],
         host=host, security=security)
     return server
-
-
-def run_worker(ps_address: str, replay_address: str | None, index: int, status_port: int,
-               verbose: bool) -> None:
-    """A rollout worker process: fetch the job, work until the parameter server says stop."""
-    _child_setup(verbose, f"worker-{index}")
-    limit_tf_threads()
-    from drlbox.metrics import WorkerCollector, serve_local_metrics
-    from drlbox.roles.worker import RolloutWorker
-    from drlbox.rpc.parameter_client import ParameterClient
-    from drlbox.rpc.replay import ReplayClient
-
-    security = private_security()
-    params = ParameterClient(ps_address, security=security)
-    job = fetch_job_when_ready(params, JOB_WAIT_SECONDS)
-    config = job.config
-    replay = (ReplayClient(replay_address, job.job_id, security=security) if replay_address
-              else None)
-    seed = None if config.seed is None else config.seed * 1009 + index + 1
-    state = {"state": "starting", "job_id": job.job_id, "counters": {}}
-    server = status_server(status_port, f"worker-{index}", state, security=security)
-    worker = RolloutWorker(config, params, replay, index, seed)
-    serve_local_metrics(3 + index, WorkerCollector().watch(job.job_id, worker), f"worker-{index}")
-    state["state"] = "running"
-
-    def publish(w: RolloutWorker) -> None:
-        state["counters"] = {"env_steps": w.total_steps, "pushes": w.pushes,
-                             "weights_version": w.version}
-
-    worker.run(after_batch=publish)
-    state["state"] = "done"
-    server.stop(grace=0.5).wait()
 
 
 def replay_services(params: Any) -> Callable[[str], Any]:
@@ -378,23 +277,6 @@ def replay_services(params: Any) -> Callable[[str], Any]:
         return service_for(settings)
 
     return make_service
-
-
-def run_replay(ps_address: str, port: int, verbose: bool) -> None:
-    """The replay server process (no TensorFlow)."""
-    _child_setup(verbose, "replay")
-    from drlbox.metrics import ReplayCollector, serve_local_metrics
-    from drlbox.roles.replay import ReplayTable
-    from drlbox.rpc.parameter_client import ParameterClient
-    from drlbox.rpc.replay import add_replay
-    from drlbox.rpc.server import make_server
-
-    security = private_security()
-    params = ParameterClient(ps_address, timeout=30.0, security=security)
-    table = ReplayTable(replay_services(params))
-    server, _ = make_server(port, [add_replay(table)], security=security)
-    serve_local_metrics(1, ReplayCollector(table), "replay")
-    _serve_until_terminated(server)
 
 
 def make_following_evaluator(params: Any, job: Any) -> Any:
@@ -418,22 +300,3 @@ def make_following_evaluator(params: Any, job: Any) -> Any:
                               lambda update: assigner(layout.merge(update.weights,
                                                                    update.others)),
                               policy, config, None if config.seed is None else config.seed + 7)
-
-
-def run_evaluator(ps_address: str, status_port: int, verbose: bool) -> None:
-    """An evaluator process following a training run."""
-    _child_setup(verbose, "evaluator")
-    limit_tf_threads()
-    from drlbox.metrics import EvaluatorCollector, serve_local_metrics
-    from drlbox.rpc.parameter_client import ParameterClient
-
-    security = private_security()
-    params = ParameterClient(ps_address, security=security)
-    job = fetch_job_when_ready(params, JOB_WAIT_SECONDS)
-    state = {"state": "running", "job_id": job.job_id, "counters": {}}
-    server = status_server(status_port, "evaluator", state, security=security)
-    evaluator = make_following_evaluator(params, job)
-    serve_local_metrics(2, EvaluatorCollector().watch(job.job_id, evaluator), "evaluator")
-    state["counters"] = {"evaluations": evaluator.run()}
-    state["state"] = "done"
-    server.stop(grace=0.5).wait()

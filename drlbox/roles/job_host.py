@@ -2,9 +2,10 @@
 
 Under `data_dir/jobs/<job_id>/` each job keeps `job.bin` (its cloudpickled config, as
 submitted), `record.json` (state, message, final status) and `checkpoints/` (saved models,
-TensorBoard scalars, and `resume.npz`). A parameter server restarted on the same data_dir
-queues its queued jobs again and resumes the running one from its last checkpoint. It knows
-nothing of gRPC: `drlbox.rpc.job_control` serves it.
+TensorBoard scalars, and `.resume-<job_id>.npz`). A parameter server restarted on the same
+data_dir queues its queued jobs again and resumes the running one from its last checkpoint. A
+local run is a one-machine cluster with one job whose checkpoints stay in the save_dir its user
+gave (`keep_save_dir`). It knows nothing of gRPC: `drlbox.rpc.job_control` serves it.
 """
 from __future__ import annotations
 
@@ -36,17 +37,23 @@ class UnknownJob(KeyError):
 class JobHost:
     """The job table and queue of a cluster's parameter server; thread-safe.
 
-    `build_server(job, resume_file)` makes the job's `ParameterServer` (TensorFlow work).
+    `build_server(job, resume_file)` makes the job's `ParameterServer` (TensorFlow work);
+    `on_start_error(err)`, when given, is told why a job could not start (else it is logged).
     """
 
-    def __init__(self, data_dir: str, build_server: Callable[[Job, str], Any]):
+    def __init__(self, data_dir: str, build_server: Callable[[Job, str | None], Any],
+                 keep_save_dir: bool = False,
+                 on_start_error: Callable[[BaseException], None] | None = None):
         self.data_dir = os.path.abspath(data_dir)
         self._build_server = build_server
+        self._keep_save_dir = keep_save_dir
+        self._on_start_error = on_start_error
         self._lock = threading.RLock()
         self._records: dict[str, dict] = {}
         self._queue: list[str] = []
         self._current: tuple[Job, Any] | None = None
         self._worker_counts: dict[str, int] = {}
+        self._wake = threading.Event()     # a submission: start it now, not at the next poll
         self._load()
 
     # --- submissions -------------------------------------------------------------------
@@ -79,6 +86,7 @@ class JobHost:
                                      "submitted_at": time.time(), "status": None}
             self._queue.append(job_id)
             self._save_record(job_id)
+        self._wake.set()
         log.info("job %s queued (%d in the queue)", job_id, len(self._queue))
         return self.status(job_id)
 
@@ -192,7 +200,8 @@ class JobHost:
         """Start queued jobs one at a time and record how they end, until `stop` is set."""
         while not stop.is_set():
             self.step()
-            stop.wait(poll)
+            self._wake.wait(poll)
+            self._wake.clear()
 
     def step(self) -> None:
         """Record the end of the current job; start the next queued one when idle."""
@@ -204,9 +213,12 @@ class JobHost:
             job_id = self._queue[0]
         try:
             job = self._load_job(job_id)
-            server = self._build_server(job, os.path.join(job.config.save_dir, "resume.npz"))
+            server = self._build_server(job, resume_file(job))
         except Exception as err:  # noqa: BLE001 - a bad job must not stop the queue
-            log.exception("job %s failed to start", job_id)
+            if self._on_start_error is None:
+                log.exception("job %s failed to start", job_id)
+            else:
+                self._on_start_error(err)
             with self._lock:
                 if job_id in self._queue:
                     self._queue.remove(job_id)
@@ -223,6 +235,13 @@ class JobHost:
             self._save_record(job_id)
         log.info("job %s started%s", job_id, f" (resumed at {server.resumed_from_steps} steps)"
                  if server.resumed_from_steps else "")
+
+    def end_current(self, reason: str) -> None:
+        """Stop the running job and record its end, with a final save."""
+        with self._lock:
+            if self._current:
+                self._current[1].stop(reason)
+                self._finish_current()
 
     def suspend(self) -> None:
         """Checkpoint the running job without ending it: a restart resumes it from here."""
@@ -257,6 +276,8 @@ class JobHost:
     def _load_job(self, job_id: str) -> Job:
         with open(os.path.join(self._job_dir(job_id), "job.bin"), "rb") as f:
             job = Job.decode(job_id, f.read())
+        if self._keep_save_dir:
+            return job
         # Checkpoints go to the cluster's volume, whatever save_dir meant on the submitter's side.
         save_dir = os.path.join(self._job_dir(job_id), "checkpoints")
         return Job(job_id, dataclasses.replace(job.config, save_dir=save_dir))
@@ -275,13 +296,22 @@ class JobHost:
                 with open(path) as f:
                     self._records[job_id] = json.load(f)
         pending = [j for j, r in self._records.items() if r["state"] in ("running", "queued")]
-        # The job that was running goes first; it resumes from its resume.npz.
+        # The job that was running goes first; it resumes from its resume file.
         pending.sort(key=lambda j: (self._records[j]["state"] != "running",
                                     self._records[j]["order"]))
         self._queue = pending
         if pending:
             log.info("found %d unfinished job(s) in %s: %s", len(pending), root,
                      ", ".join(pending))
+
+
+def resume_file(job: Job) -> str | None:
+    """Where the job's parameter server keeps what a restart resumes from (None without a
+    save_dir): named after the job, so that another job's file in that directory is never
+    picked up."""
+    if not job.config.save_dir:
+        return None
+    return os.path.join(job.config.save_dir, f".resume-{job.job_id}.npz")
 
 
 def _write_atomically(path: str, data: bytes) -> None:

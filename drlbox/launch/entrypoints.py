@@ -1,9 +1,14 @@
-"""The roles in cluster mode: long-lived processes that serve whatever job is running.
+"""The role entry points: processes that serve whatever job the parameter server runs.
 
-The parameter server hosts the job queue (`JobHost`) and job control for the SDK. Workers, the
-replay server and the evaluator start idle, poll the parameter server for a job, build what
-they need from its makers, work until it ends (or their connection to it is lost), and go back
-to idle. `drlbox.cli` starts them; nothing here imports TensorFlow at module level.
+The parameter server hosts the job queue (`JobHost`) and job control. Workers, the replay server
+and the evaluator start idle, poll the parameter server for a job, build what they need from its
+makers, work until it ends (or their connection to it is lost), and go back to idle.
+
+A cluster starts these functions with `drlbox ROLE` (drlbox.cli) and they serve job after job. A
+local run (drlbox.launch.local) starts the very same functions on loopback with a private token,
+as a one-machine cluster: it submits its one job through job control, and its workers and
+evaluator leave once that job is over (`one_job`). Nothing here imports TensorFlow at module
+level.
 """
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ from typing import Any, Callable
 
 import grpc
 
+from drlbox.launch.processes import NOTICE
 from drlbox.metrics import (EvaluatorCollector, ParameterServerCollector, ReplayCollector,
                             WorkerCollector, serve_metrics)
 from drlbox.rpc.security import Security
@@ -38,19 +44,34 @@ class Endpoint:
     metrics_port: int = 0           # 0: no metrics
 
 
-def _wait_for_termination() -> threading.Event:
-    """An event set by SIGTERM or SIGINT (docker stop, kubectl delete, Ctrl-C)."""
-    done = threading.Event()
+def _handle_termination(handler: Any) -> None:
+    """Have SIGTERM and SIGINT (docker stop, kubectl delete, Ctrl-C) call `handler`; a signal
+    the launcher set to be ignored stays ignored (a local run's launcher owns Ctrl-C)."""
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: done.set())
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            signal.signal(sig, handler)
+
+
+def _wait_for_termination() -> threading.Event:
+    """An event set by SIGTERM or SIGINT."""
+    done = threading.Event()
+    _handle_termination(lambda *_: done.set())
     return done
 
 
-def run_parameter_server(endpoint: Endpoint, data_dir: str, shards: int = 1) -> None:
+def run_parameter_server(endpoint: Endpoint, data_dir: str, shards: int = 1, *,
+                         keep_save_dir: bool = False, end_jobs_on_exit: bool = False,
+                         error_file: str | None = None) -> None:
     """Serve job control and the running job's weights until terminated; with shards > 1,
     each job's weights are cut into that many slices and slices 1.. wait for `ps-shard`
-    processes to join."""
-    from drlbox.launch.processes import PS_THREADS, build_parameter_server
+    processes to join.
+
+    A cluster keeps jobs' checkpoints under data_dir and, when terminated, checkpoints the
+    running job so that it resumes on restart. A local run keeps them in the job's save_dir
+    (`keep_save_dir`), ends its job with a final save when terminated (`end_jobs_on_exit`),
+    and has the error that stops a job from starting saved to `error_file` for its launcher.
+    """
+    from drlbox.launch.processes import PS_THREADS, build_parameter_server, save_start_error
     from drlbox.roles.job_host import JobHost
     from drlbox.rpc.job_control import add_job_control
     from drlbox.rpc.parameter_server import add_parameter_server
@@ -58,20 +79,23 @@ def run_parameter_server(endpoint: Endpoint, data_dir: str, shards: int = 1) -> 
 
     done = _wait_for_termination()
     host = JobHost(data_dir, lambda job, resume_file: build_parameter_server(
-        job, resume_file, shards, endpoint.security))
+        job, resume_file, shards, endpoint.security), keep_save_dir=keep_save_dir,
+        on_start_error=(lambda err: save_start_error(error_file, err)) if error_file else None)
     server, port = make_server(endpoint.port, [add_parameter_server(host), add_job_control(host)],
                                host=endpoint.host, max_workers=PS_THREADS,
                                security=endpoint.security)
-    log.warning("parameter server listening on %s:%d, jobs under %s, %d shard(s)",
-                endpoint.host, port, host.data_dir, shards)
+    log.log(NOTICE, "parameter server listening on %s:%d, jobs under %s, %d shard(s)",
+            endpoint.host, port, host.data_dir, shards)
     serve_metrics(endpoint.metrics_port, endpoint.host, ParameterServerCollector(host),
                   "parameter-server")
     engine = threading.Thread(target=host.serve_forever, args=(done,), name="job-queue",
                               daemon=True)
     engine.start()
     done.wait()
-    # Not the job's end: checkpoint it so that a restarted parameter server resumes it.
-    host.suspend()
+    if end_jobs_on_exit:
+        host.end_current("parameter server terminated")
+    else:       # not the job's end: checkpoint it so that a restarted server resumes it
+        host.suspend()
     server.stop(grace=2.0).wait()
     engine.join(timeout=5.0)
 
@@ -80,8 +104,24 @@ def _exit_now(signum: int, frame: Any) -> None:
     raise SystemExit(0)
 
 
-def _idle_loop(role: str, endpoint: Endpoint, work: Callable[[Any, Any, dict], None]) -> None:
-    """Poll for a job, `work(params, job, state)` on it, go back to idle; forever."""
+def _job_ended(endpoint: Endpoint, job_id: str) -> bool:
+    """Whether job control says job_id is over (False when it cannot tell, e.g. while the
+    parameter server restarts: the job may resume)."""
+    from drlbox.rpc.job_control import JobControlClient
+
+    jobs = JobControlClient(endpoint.ps_address, endpoint.security)
+    try:
+        return jobs.status(job_id, timeout=10.0).state not in ("queued", "running")
+    except grpc.RpcError:
+        return False
+    finally:
+        jobs.close()
+
+
+def _idle_loop(role: str, endpoint: Endpoint, work: Callable[[Any, Any, dict], None],
+               one_job: bool = False) -> None:
+    """Poll for a job, `work(params, job, state)` on it, go back to idle; forever, or until
+    the first job it worked on is over (`one_job`, a local run's roles: their errors raise)."""
     from drlbox.launch.processes import status_server
     from drlbox.rpc.parameter_client import ParameterClient
 
@@ -89,14 +129,13 @@ def _idle_loop(role: str, endpoint: Endpoint, work: Callable[[Any, Any, dict], N
     server = status_server(endpoint.port, role, state, host=endpoint.host,  # noqa: F841
                            security=endpoint.security)   # keep a reference: GC would stop it
     # A worker has nothing to save: stop at once, even mid-job (the job goes on without it).
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, _exit_now)
+    _handle_termination(_exit_now)
     finished: set[str] = set()
-    log.warning("%s idle, polling %s for a job", role, endpoint.ps_address)
+    log.log(NOTICE, "%s idle, polling %s for a job", role, endpoint.ps_address)
     params = ParameterClient(endpoint.ps_address, timeout=CALL_TIMEOUT,
                              security=endpoint.security)
     try:
-        while True:
+        while not (one_job and finished):
             try:
                 job = params.fetch_job()
             except grpc.RpcError as err:
@@ -108,15 +147,21 @@ def _idle_loop(role: str, endpoint: Endpoint, work: Callable[[Any, Any, dict], N
                 time.sleep(IDLE_POLL_SECONDS)
                 continue
             state.update(state="running", job_id=job.job_id, counters={})
-            log.warning("%s joined job %s", role, job.job_id)
+            log.log(NOTICE, "%s joined job %s", role, job.job_id)
             try:
                 work(params, job, state)
                 finished.add(job.job_id)
             except grpc.RpcError as err:
-                # The job may have ended or its parameter server restarted: look again.
+                if _job_ended(endpoint, job.job_id):
+                    log.log(NOTICE, "%s: job %s is over", role, job.job_id)
+                    finished.add(job.job_id)
+                    continue
+                # Its parameter server may have restarted: look again (it may resume it).
                 log.warning("%s lost job %s (%s: %s); looking for work again", role,
                             job.job_id, err.code().name, err.details())
             except Exception:  # noqa: BLE001 - e.g. the user's env failing: keep the role alive
+                if one_job:
+                    raise
                 log.exception("%s failed on job %s; it will not rejoin that job", role,
                               job.job_id)
                 finished.add(job.job_id)
@@ -126,13 +171,13 @@ def _idle_loop(role: str, endpoint: Endpoint, work: Callable[[Any, Any, dict], N
         params.close()
 
 
-def run_worker(endpoint: Endpoint) -> None:
+def run_worker(endpoint: Endpoint, name: str = "worker", one_job: bool = False) -> None:
     """A rollout worker that trains on whichever job is running."""
     from drlbox.roles.worker import RolloutWorker
     from drlbox.rpc.replay import ReplayClient
 
     metrics = WorkerCollector()
-    serve_metrics(endpoint.metrics_port, endpoint.host, metrics, "worker")
+    serve_metrics(endpoint.metrics_port, endpoint.host, metrics, name)
 
     def work(params: Any, job: Any, state: dict) -> None:
         config = job.config
@@ -159,10 +204,10 @@ def run_worker(endpoint: Endpoint) -> None:
             if replay is not None:
                 replay.close()
 
-    _idle_loop("worker", endpoint, work)
+    _idle_loop(name, endpoint, work, one_job)
 
 
-def run_evaluator(endpoint: Endpoint) -> None:
+def run_evaluator(endpoint: Endpoint, one_job: bool = False) -> None:
     """Evaluate whichever job is running, when it asks for evaluations (eval_interval)."""
     from drlbox.launch.processes import make_following_evaluator
 
@@ -181,7 +226,7 @@ def run_evaluator(endpoint: Endpoint) -> None:
         finally:
             metrics.freeze()
 
-    _idle_loop("evaluator", endpoint, work)
+    _idle_loop("evaluator", endpoint, work, one_job)
 
 
 def run_replay(endpoint: Endpoint) -> None:
@@ -197,7 +242,7 @@ def run_replay(endpoint: Endpoint) -> None:
     table = ReplayTable(replay_services(params))
     server, port = make_server(endpoint.port, [add_replay(table)],
                                host=endpoint.host, security=endpoint.security)
-    log.warning("replay server listening on %s:%d", endpoint.host, port)
+    log.log(NOTICE, "replay server listening on %s:%d", endpoint.host, port)
     serve_metrics(endpoint.metrics_port, endpoint.host, ReplayCollector(table), "replay")
     done.wait()
     server.stop(grace=1.0).wait()
