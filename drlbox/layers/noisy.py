@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import math
 import operator
+import warnings
 from typing import Any
 
 import numpy as np
 
 import keras
 from keras import ops
+
+from drlbox.ops import keras_internals as ki
 
 __all__ = [
     "NoisyDense",
@@ -257,11 +260,18 @@ def noisy_layers(model: keras.layers.Layer) -> list[NoisyDense]:
         seen.add(id(layer))
         if isinstance(layer, NoisyDense):
             found.append(layer)
-        children = getattr(layer, "_layers", None)
-        if children is None:
-            children = getattr(layer, "layers", [])
-        stack.extend(reversed(list(children)))
+        stack.extend(reversed(_children(layer)))
     return found
+
+
+def _children(layer: Any) -> list[Any]:
+    try:
+        return ki.sublayers(layer)
+    except ki.PrivateApiChanged as e:
+        # Model.layers still finds a model's own layers, not those nested in plain layers.
+        warnings.warn(f"{e}; NoisyDense layers nested inside plain layers are not found",
+                      RuntimeWarning, stacklevel=3)
+        return list(getattr(layer, "layers", []))
 
 
 def resample_noise(model: keras.layers.Layer) -> None:

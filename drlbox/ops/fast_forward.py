@@ -13,12 +13,8 @@ from typing import Any, Callable, Protocol, Sequence
 import keras
 import numpy as np
 
+from drlbox.ops import keras_internals as ki
 from drlbox.ops import numpy_layers as nl
-
-try:  # private, but it is the class every keras.Model(inputs, outputs) becomes
-    from keras.src.models.functional import Functional
-except ImportError:  # pragma: no cover - a future Keras layout change
-    Functional = None  # type: ignore[assignment,misc]
 
 logger = logging.getLogger(__name__)
 
@@ -39,18 +35,6 @@ class _Unsupported(Exception):
     """Internal: the graph holds something the plan cannot reproduce exactly."""
 
 
-def _functional_of(model: Any) -> Any | None:
-    """The Functional graph behind ``model``, or None (subclassed/unbuilt/overridden call)."""
-    if isinstance(model, keras.Sequential):
-        if type(model).call is not keras.Sequential.call:
-            return None
-        return getattr(model, "_functional", None)  # None until the model is built
-    if Functional is not None and isinstance(model, Functional):
-        # A subclass of Functional may override call(); then the graph lies.
-        return model if type(model).call is Functional.call else None
-    return None
-
-
 class _Compiler:
     """Accumulates steps and weight-holding ops while walking (nested) graphs."""
 
@@ -66,8 +50,8 @@ class _Compiler:
 
     def graph(self, model: Any, in_slots: list[int]) -> list[int]:
         """Emit the steps of ``model``'s graph; return the slots of its outputs."""
-        fn = _functional_of(model)
-        if fn is None or not hasattr(fn, "_nodes_by_depth"):
+        fn = ki.functional_graph(model)
+        if fn is None:
             raise _Unsupported(f"{type(model).__name__} {model.name!r} is not a plain graph model")
         if len(fn.inputs) != len(in_slots):
             raise _Unsupported(f"{model.name!r}: input count mismatch")
@@ -76,38 +60,34 @@ class _Compiler:
             if t.dtype != "float32":  # Keras would cast to it; we only do float32
                 raise _Unsupported(f"input {t.name!r} has dtype {t.dtype}")
             slot_of[id(t)] = s
-        by_depth = fn._nodes_by_depth
-        for depth in sorted(by_depth, reverse=True):  # deepest = closest to inputs
-            for node in by_depth[depth]:
-                if node.operation is None or node.is_input:
-                    continue
-                # Same rule as Function._run_through_graph: skip unreachable nodes.
-                if any(id(t) not in slot_of for t in node.input_tensors):
-                    continue
-                ins, multi = self._node_inputs(node, slot_of)
-                outs = self.layer(node.operation, node, ins, multi)
-                if len(outs) != len(node.outputs):
-                    raise _Unsupported(f"{node.operation.name!r}: output count mismatch")
-                for t, s in zip(node.outputs, outs):
-                    slot_of[id(t)] = s
+        for call in ki.layer_calls(fn):
+            # Same rule as Keras running its own graph: skip unreachable calls.
+            if any(id(t) not in slot_of for t in call.inputs):
+                continue
+            ins, multi = self._call_inputs(call, slot_of)
+            outs = self.layer(call, ins, multi)
+            if len(outs) != len(call.outputs):
+                raise _Unsupported(f"{call.layer.name!r}: output count mismatch")
+            for t, s in zip(call.outputs, outs):
+                slot_of[id(t)] = s
         try:
             return [slot_of[id(t)] for t in fn.outputs]
         except KeyError:
             raise _Unsupported(f"{model.name!r}: output not computable from inputs") from None
 
     @staticmethod
-    def _node_inputs(node: Any, slot_of: dict[int, int]) -> tuple[list[int], bool]:
-        args, kwargs = node.arguments.args, node.arguments.kwargs
-        for k, v in kwargs.items():
+    def _call_inputs(call: ki.LayerCall, slot_of: dict[int, int]) -> tuple[list[int], bool]:
+        args = call.args
+        for k, v in call.kwargs.items():
             # training=True baked into the graph would keep dropout/noise on.
             if not (k in ("training", "mask") and v is None or k == "training" and v is False):
-                raise _Unsupported(f"{node.operation.name!r} called with {k}={v!r}")
+                raise _Unsupported(f"{call.layer.name!r} called with {k}={v!r}")
         if len(args) == 1 and isinstance(args[0], keras.KerasTensor):
             return [slot_of[id(args[0])]], False
         if (len(args) == 1 and isinstance(args[0], (list, tuple)) and args[0]
                 and all(isinstance(t, keras.KerasTensor) for t in args[0])):
             return [slot_of[id(t)] for t in args[0]], True
-        raise _Unsupported(f"{node.operation.name!r}: unsupported call arguments")
+        raise _Unsupported(f"{call.layer.name!r}: unsupported call arguments")
 
     def _emit(self, fn: Callable[[Any], np.ndarray], ins: list[int], multi: bool) -> list[int]:
         out = self.new_slot()
@@ -126,14 +106,15 @@ class _Compiler:
             raise _Unsupported(f"{layer.name!r}: activation {layer.activation!r}")
         return act
 
-    def layer(self, op: Any, node: Any, ins: list[int], multi: bool) -> list[int]:
-        """Emit the step(s) for one node; return its output slots."""
-        inner = _functional_of(op)
+    def layer(self, call: ki.LayerCall, ins: list[int], multi: bool) -> list[int]:
+        """Emit the step(s) for one layer call; return its output slots."""
+        op = call.layer
+        inner = ki.functional_graph(op)
         if inner is not None:  # nested model: inline its graph
             # Keras would re-pack dict inputs by name or squeeze/expand a rank;
             # the plan only wires positionally, so insist nothing of that applies.
-            if (isinstance(getattr(inner, "_inputs_struct", None), dict)
-                    or [len(t.shape) for t in node.input_tensors]
+            if (isinstance(ki.input_structure(op), dict)
+                    or [len(t.shape) for t in call.inputs]
                     != [len(t.shape) for t in inner.inputs]):
                 raise _Unsupported(f"nested model {op.name!r}: inputs need re-packing")
             return self.graph(op, ins)
@@ -149,7 +130,7 @@ class _Compiler:
         if t in nl.MERGES:
             if not multi or len(ins) < 2 or (t is _L.Subtract and len(ins) != 2):
                 raise _Unsupported(f"{op.name!r}: bad merge inputs")
-            if len({len(x.shape) for x in node.input_tensors}) != 1:
+            if len({len(x.shape) for x in call.inputs}) != 1:
                 raise _Unsupported(f"{op.name!r}: rank-expanding merge")  # Keras expands dims
             return self._emit(nl.MERGES[t], ins, True)
         if t is _L.Concatenate:
@@ -160,7 +141,7 @@ class _Compiler:
             raise _Unsupported(f"{op.name!r} ({t.__name__}) with a list input")
         if t in nl.IDENTITY_LAYERS:
             return ins  # alias: no step, no copy
-        return self._emit(self._single_input_kernel(op, node.input_tensors[0]), ins, False)
+        return self._emit(self._single_input_kernel(op, call.inputs[0]), ins, False)
 
     def _single_input_kernel(self, op: Any, x: Any) -> Callable[[np.ndarray], np.ndarray]:
         t = type(op)
@@ -180,7 +161,7 @@ class _Compiler:
             slope = float(op.negative_slope)
             return lambda a: nl.leaky_relu(a, slope)
         if t is _L.Flatten:
-            if getattr(op, "_channels_first", False) and len(x.shape) > 2:
+            if op.data_format == "channels_first" and len(x.shape) > 2:
                 raise _Unsupported(f"{op.name!r}: channels_first Flatten")
             return nl.flatten
         if t is _L.Reshape:
@@ -250,7 +231,11 @@ class NumpyForward:
 
 def compile_numpy_forward(model: Any) -> NumpyForward | None:
     """Compile ``model`` into a NumpyForward, or None if any part is unsupported."""
-    fn = _functional_of(model)
+    try:
+        fn = ki.functional_graph(model)
+    except ki.PrivateApiChanged as e:
+        logger.warning("NumPy plan not possible for %r: %s", model.name, e)
+        return None
     if fn is None:
         logger.info("NumPy plan: %s is not a built Functional/Sequential model",
                     type(model).__name__)
@@ -262,9 +247,19 @@ def compile_numpy_forward(model: Any) -> NumpyForward | None:
         return NumpyForward(model, compiler, [len(t.shape) for t in fn.inputs], out_slots)
     except _Unsupported as e:
         logger.info("NumPy plan not possible for %r: %s", model.name, e)
-    except Exception as e:  # private Keras API drift etc.: fall back, never guess
+    except Exception as e:  # private Keras API drift (ki.PrivateApiChanged) etc.: fall back
         logger.warning("NumPy plan compilation failed for %r: %r", model.name, e)
     return None
+
+
+def _input_structure(model: Any) -> Any:
+    """The structure ``model``'s inputs were declared in, or None: then one input goes as a
+    bare tensor and several as a list, which is right for all but dict-input models."""
+    try:
+        return ki.input_structure(model)
+    except ki.PrivateApiChanged as e:
+        logger.warning("%s", e)
+        return None
 
 
 def _packed(struct: Any, xs: Sequence[Any]) -> Any:
@@ -283,8 +278,7 @@ class TFForward:
         import tensorflow as tf
 
         self.model = model
-        fn = _functional_of(model)
-        struct = getattr(fn, "_inputs_struct", None)
+        struct = _input_structure(model)
         try:
             self._dtypes: list[Any] | None = [np.dtype(t.dtype) for t in model.inputs]
         except Exception:  # unbuilt Sequential / subclassed model
@@ -310,7 +304,7 @@ class TFForward:
 
 def _dummy_batch(plan: NumpyForward) -> list[np.ndarray] | None:
     """One random input per model input (batch 1), or None when a shape is not fixed."""
-    shapes = [tuple(t.shape[1:]) for t in _functional_of(plan.model).inputs]
+    shapes = [tuple(t.shape[1:]) for t in ki.functional_graph(plan.model).inputs]
     if any(d is None for s in shapes for d in s):
         return None
     rng = np.random.default_rng(0)
@@ -339,7 +333,7 @@ def _agrees(plan: NumpyForward, reference: Callable[..., Any], xs: list[np.ndarr
 def _keras_reference(model: Any) -> Callable[..., list]:
     """The model itself, called eagerly with its inputs in the structure it was built with:
     what the plan must reproduce."""
-    struct = getattr(_functional_of(model), "_inputs_struct", None)
+    struct = _input_structure(model)
 
     def call(*xs: np.ndarray) -> list:
         out = model(_packed(struct, xs), training=False)
