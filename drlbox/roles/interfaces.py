@@ -81,7 +81,13 @@ class Checkpoint:
     train_seconds: float
 
 
+# The states a job can be in, as users see them (`status.state == "done"`). The wire carries
+# the JobState enum; drlbox.rpc.states maps each name here to JOB_STATE_<NAME> and refuses
+# anything else, so a state is added here and in parameter_server.proto together.
+JOB_STATES = ("queued", "running", "done", "stopped", "cancelled", "failed")
 FINISHED_STATES = ("done", "stopped", "cancelled", "failed")
+# A rollout worker's or evaluator's state, served by its RoleStatus service (enum RoleState).
+ROLE_STATES = ("idle", "starting", "running", "done")
 
 
 @dataclass

@@ -9,6 +9,7 @@ protobuf, which would copy every slice twice.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 from typing import Any, AsyncIterator
@@ -23,40 +24,47 @@ from drlbox.roles.limits import Mismatch, NotFound, Refused, TooLarge
 from drlbox.rpc import serde
 from drlbox.rpc.generated import parameter_server_pb2 as pb
 from drlbox.rpc.handlers import Blocking, service_handler
+from drlbox.rpc.states import job_state_from_proto, job_state_to_proto
 
 SERVICE = "drlbox.v1.ParameterServer"
 
 
+# The JobStatus fields that are messages of their own on the wire: (dataclass, message) of
+# their items. Every other field but the state is a plain value, copied by name.
+_STATUS_LISTS = {"evaluations": (Evaluation, pb.Evaluation),
+                 "checkpoints": (Checkpoint, pb.Checkpoint)}
+
+
 def status_to_proto(s: JobStatus) -> pb.JobStatus:
-    """JobStatus dataclass -> message."""
-    return pb.JobStatus(
-        job_id=s.job_id, state=s.state, message=s.message, global_steps=s.global_steps,
-        train_steps=s.train_steps, updates=s.updates, version=s.version, episodes=s.episodes,
-        recent_return=s.recent_return, steps_per_sec=s.steps_per_sec,
-        wall_seconds=s.wall_seconds, train_seconds=s.train_seconds,
-        stats=s.stats, recent_returns=s.recent_returns,
-        resumed_from_steps=s.resumed_from_steps, queue_position=s.queue_position,
-        algorithm=s.algorithm,
-        checkpoints=[pb.Checkpoint(path=c.path, global_steps=c.global_steps,
-                                   train_seconds=c.train_seconds) for c in s.checkpoints],
-        evaluations=[pb.Evaluation(global_steps=e.global_steps, mean_return=e.mean_return,
-                                   episodes=e.episodes, wall_seconds=e.wall_seconds)
-                     for e in s.evaluations])
+    """JobStatus dataclass -> message; ValueError naming the state if it is not a job state."""
+    values = {f.name: getattr(s, f.name) for f in dataclasses.fields(JobStatus)}
+    values["state"] = job_state_to_proto(s.state)
+    for name, (_, message) in _STATUS_LISTS.items():
+        values[name] = [message(**dataclasses.asdict(item)) for item in values[name]]
+    return pb.JobStatus(**values)
 
 
 def status_from_proto(m: pb.JobStatus) -> JobStatus:
-    """Message -> JobStatus dataclass."""
-    return JobStatus(
-        job_id=m.job_id, state=m.state, message=m.message, global_steps=m.global_steps,
-        train_steps=m.train_steps, updates=m.updates, version=m.version, episodes=m.episodes,
-        recent_return=m.recent_return, steps_per_sec=m.steps_per_sec,
-        wall_seconds=m.wall_seconds, train_seconds=m.train_seconds,
-        stats=dict(m.stats), recent_returns=list(m.recent_returns),
-        resumed_from_steps=m.resumed_from_steps, queue_position=m.queue_position,
-        algorithm=m.algorithm,
-        checkpoints=[Checkpoint(c.path, c.global_steps, c.train_seconds) for c in m.checkpoints],
-        evaluations=[Evaluation(e.global_steps, e.mean_return, e.episodes, e.wall_seconds)
-                     for e in m.evaluations])
+    """Message -> JobStatus dataclass; ValueError naming the state if this drlbox has none."""
+    values = {f.name: _plain_value(m, f.name) for f in dataclasses.fields(JobStatus)}
+    values["state"] = job_state_from_proto(m.state)
+    for name, (item, _) in _STATUS_LISTS.items():
+        values[name] = [_dataclass_of(item, message) for message in getattr(m, name)]
+    return JobStatus(**values)
+
+
+def _plain_value(message: Any, name: str) -> Any:
+    """A field of a message as plain Python: a map as a dict, a repeated field as a list."""
+    value = getattr(message, name)
+    field = message.DESCRIPTOR.fields_by_name[name]
+    if field.message_type is not None and field.message_type.GetOptions().map_entry:
+        return dict(value)
+    return list(value) if field.is_repeated else value
+
+
+def _dataclass_of(cls: type, message: Any) -> Any:
+    """A dataclass filled from the message's fields of the same names."""
+    return cls(**{f.name: _plain_value(message, f.name) for f in dataclasses.fields(cls)})
 
 
 def report_to_proto(r: WorkerReport) -> pb.WorkerReport:

@@ -1,6 +1,7 @@
 """gRPC service and client for a role's own status (rollout workers, evaluator)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 from drlbox.rpc.generated import status_pb2 as pb
@@ -8,8 +9,19 @@ from drlbox.rpc.generated import status_pb2_grpc as pb_grpc
 from drlbox.rpc.handlers import service_handler
 from drlbox.rpc.security import Security
 from drlbox.rpc.server import make_channel
+from drlbox.rpc.states import role_state_from_proto, role_state_to_proto
 
 StatusFn = Callable[[], tuple[str, str, str, dict]]   # -> (role, state, job_id, counters)
+
+
+@dataclass
+class RoleStatus:
+    """A role's answer: its name, its state (one of interfaces.ROLE_STATES), its job, counters."""
+
+    role: str
+    state: str
+    job_id: str
+    counters: dict
 
 
 class RoleStatusServicer:
@@ -20,7 +32,7 @@ class RoleStatusServicer:
 
     async def Get(self, request, context) -> pb.RoleStatusReply:
         role, state, job_id, counters = self.status_fn()
-        return pb.RoleStatusReply(role=role, state=state, job_id=job_id,
+        return pb.RoleStatusReply(role=role, state=role_state_to_proto(state), job_id=job_id,
                                   counters={k: float(v) for k, v in counters.items()})
 
 
@@ -33,7 +45,9 @@ def add_role_status(status_fn: StatusFn):
 
 
 def get_role_status(address: str, timeout: float = 10.0,
-                    security: Security | None = None) -> pb.RoleStatusReply:
+                    security: Security | None = None) -> RoleStatus:
     """Ask the role at address for its status."""
     with make_channel(address, security) as channel:
-        return pb_grpc.RoleStatusStub(channel).Get(pb.RoleStatusRequest(), timeout=timeout)
+        reply = pb_grpc.RoleStatusStub(channel).Get(pb.RoleStatusRequest(), timeout=timeout)
+    return RoleStatus(reply.role, role_state_from_proto(reply.state), reply.job_id,
+                      dict(reply.counters))

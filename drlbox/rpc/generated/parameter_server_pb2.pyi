@@ -1,11 +1,29 @@
 from drlbox.rpc.generated import tensor_pb2 as _tensor_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class JobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    JOB_STATE_UNSPECIFIED: _ClassVar[JobState]
+    JOB_STATE_QUEUED: _ClassVar[JobState]
+    JOB_STATE_RUNNING: _ClassVar[JobState]
+    JOB_STATE_DONE: _ClassVar[JobState]
+    JOB_STATE_STOPPED: _ClassVar[JobState]
+    JOB_STATE_CANCELLED: _ClassVar[JobState]
+    JOB_STATE_FAILED: _ClassVar[JobState]
+JOB_STATE_UNSPECIFIED: JobState
+JOB_STATE_QUEUED: JobState
+JOB_STATE_RUNNING: JobState
+JOB_STATE_DONE: JobState
+JOB_STATE_STOPPED: JobState
+JOB_STATE_CANCELLED: JobState
+JOB_STATE_FAILED: JobState
 
 class JobRequest(_message.Message):
     __slots__ = ("python_version",)
@@ -265,7 +283,7 @@ class JobStatus(_message.Message):
     QUEUE_POSITION_FIELD_NUMBER: _ClassVar[int]
     ALGORITHM_FIELD_NUMBER: _ClassVar[int]
     job_id: str
-    state: str
+    state: JobState
     message: str
     global_steps: int
     train_steps: int
@@ -283,4 +301,4 @@ class JobStatus(_message.Message):
     resumed_from_steps: int
     queue_position: int
     algorithm: str
-    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[str] = ..., message: _Optional[str] = ..., global_steps: _Optional[int] = ..., train_steps: _Optional[int] = ..., updates: _Optional[int] = ..., version: _Optional[int] = ..., episodes: _Optional[int] = ..., recent_return: _Optional[float] = ..., steps_per_sec: _Optional[float] = ..., wall_seconds: _Optional[float] = ..., evaluations: _Optional[_Iterable[_Union[Evaluation, _Mapping]]] = ..., checkpoints: _Optional[_Iterable[_Union[Checkpoint, _Mapping]]] = ..., stats: _Optional[_Mapping[str, float]] = ..., train_seconds: _Optional[float] = ..., recent_returns: _Optional[_Iterable[float]] = ..., resumed_from_steps: _Optional[int] = ..., queue_position: _Optional[int] = ..., algorithm: _Optional[str] = ...) -> None: ...
+    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., message: _Optional[str] = ..., global_steps: _Optional[int] = ..., train_steps: _Optional[int] = ..., updates: _Optional[int] = ..., version: _Optional[int] = ..., episodes: _Optional[int] = ..., recent_return: _Optional[float] = ..., steps_per_sec: _Optional[float] = ..., wall_seconds: _Optional[float] = ..., evaluations: _Optional[_Iterable[_Union[Evaluation, _Mapping]]] = ..., checkpoints: _Optional[_Iterable[_Union[Checkpoint, _Mapping]]] = ..., stats: _Optional[_Mapping[str, float]] = ..., train_seconds: _Optional[float] = ..., recent_returns: _Optional[_Iterable[float]] = ..., resumed_from_steps: _Optional[int] = ..., queue_position: _Optional[int] = ..., algorithm: _Optional[str] = ...) -> None: ...

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x64rlbox/v1/status.proto\x12\tdrlbox.v1\"\x13\n\x11RoleStatusRequest\"\xab\x01\n\x0fRoleStatusReply\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0e\n\x06job_id\x18\x03 \x01(\t\x12:\n\x08\x63ounters\x18\x04 \x03(\x0b\x32(.drlbox.v1.RoleStatusReply.CountersEntry\x1a/\n\rCountersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x32M\n\nRoleStatus\x12?\n\x03Get\x12\x1c.drlbox.v1.RoleStatusRequest\x1a\x1a.drlbox.v1.RoleStatusReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x64rlbox/v1/status.proto\x12\tdrlbox.v1\"\x13\n\x11RoleStatusRequest\"\xc1\x01\n\x0fRoleStatusReply\x12\x0c\n\x04role\x18\x01 \x01(\t\x12#\n\x05state\x18\x02 \x01(\x0e\x32\x14.drlbox.v1.RoleState\x12\x0e\n\x06job_id\x18\x03 \x01(\t\x12:\n\x08\x63ounters\x18\x04 \x03(\x0b\x32(.drlbox.v1.RoleStatusReply.CountersEntry\x1a/\n\rCountersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01*\x82\x01\n\tRoleState\x12\x1a\n\x16ROLE_STATE_UNSPECIFIED\x10\x00\x12\x13\n\x0fROLE_STATE_IDLE\x10\x01\x12\x17\n\x13ROLE_STATE_STARTING\x10\x02\x12\x16\n\x12ROLE_STATE_RUNNING\x10\x03\x12\x13\n\x0fROLE_STATE_DONE\x10\x04\x32M\n\nRoleStatus\x12?\n\x03Get\x12\x1c.drlbox.v1.RoleStatusRequest\x1a\x1a.drlbox.v1.RoleStatusReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,12 +33,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ROLESTATUSREPLY_COUNTERSENTRY']._loaded_options = None
   _globals['_ROLESTATUSREPLY_COUNTERSENTRY']._serialized_options = b'8\001'
+  _globals['_ROLESTATE']._serialized_start=255
+  _globals['_ROLESTATE']._serialized_end=385
   _globals['_ROLESTATUSREQUEST']._serialized_start=37
   _globals['_ROLESTATUSREQUEST']._serialized_end=56
   _globals['_ROLESTATUSREPLY']._serialized_start=59
-  _globals['_ROLESTATUSREPLY']._serialized_end=230
-  _globals['_ROLESTATUSREPLY_COUNTERSENTRY']._serialized_start=183
-  _globals['_ROLESTATUSREPLY_COUNTERSENTRY']._serialized_end=230
-  _globals['_ROLESTATUS']._serialized_start=232
-  _globals['_ROLESTATUS']._serialized_end=309
+  _globals['_ROLESTATUSREPLY']._serialized_end=252
+  _globals['_ROLESTATUSREPLY_COUNTERSENTRY']._serialized_start=205
+  _globals['_ROLESTATUSREPLY_COUNTERSENTRY']._serialized_end=252
+  _globals['_ROLESTATUS']._serialized_start=387
+  _globals['_ROLESTATUS']._serialized_end=464
 # @@protoc_insertion_point(module_scope)
