@@ -100,7 +100,7 @@ def _is_loopback(host: str) -> bool:
 
 
 def _endpoint(args: argparse.Namespace):
-    from drlbox.launch.cluster import Endpoint
+    from drlbox.launch.entrypoints import Endpoint
     from drlbox.metrics import check_metrics_port
     from drlbox.rpc.security import Security
 
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         return _health(args)
     if args.role in cli_jobs.COMMANDS:
         return cli_jobs.run(args)
-    from drlbox.launch import cluster
+    from drlbox.launch import entrypoints
 
     try:
         endpoint = _endpoint(args)
@@ -151,22 +151,22 @@ def main(argv: list[str] | None = None) -> int:
 
     quiet_tensorflow_logs()
     keep_freed_memory()
-    setup_logging(args.role, args.verbose)
+    setup_logging(args.role, args.verbose, notices=True)
     if args.role != "replay":
         limit_tf_threads()
     if args.role == "parameter-server":
         if args.shards < 1:
             print(f"drlbox: --shards must be >= 1, got {args.shards}", file=sys.stderr)
             return 2
-        cluster.run_parameter_server(endpoint, args.data_dir, args.shards)
+        entrypoints.run_parameter_server(endpoint, args.data_dir, args.shards)
     elif args.role == "ps-shard":
-        cluster.run_shard(endpoint, args.advertise)
+        entrypoints.run_shard(endpoint, args.advertise)
     elif args.role == "worker":
-        cluster.run_worker(endpoint)
+        entrypoints.run_worker(endpoint)
     elif args.role == "evaluator":
-        cluster.run_evaluator(endpoint)
+        entrypoints.run_evaluator(endpoint)
     else:
-        cluster.run_replay(endpoint)
+        entrypoints.run_replay(endpoint)
     return 0
 
 

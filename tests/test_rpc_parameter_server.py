@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import queue
+import shutil
+import tempfile
 import threading
 import types
 
@@ -22,12 +24,12 @@ from drlbox.launch.shard import serve_shards
 from drlbox.layers.noisy import synced_weights
 from drlbox.ops.flat_weights import WeightLayout
 from drlbox.roles.interfaces import WorkerReport
+from drlbox.roles.job_host import JobHost
 from drlbox.roles.param_server import ParameterServer
 from drlbox.rpc import serde
 from drlbox.rpc.generated import parameter_server_pb2 as pb
 from drlbox.rpc.generated import parameter_server_pb2_grpc as pb_grpc
 from drlbox.rpc.parameter_client import ParameterClient, ShardPeer
-from drlbox.roles.job_tables import SingleJob
 from drlbox.rpc.parameter_server import add_parameter_server
 from drlbox.rpc.server import PROTOCOL_KEY, make_channel, make_server
 from drlbox.rpc.sessions import EXCHANGE_METHOD
@@ -59,11 +61,17 @@ def start(algorithm="a3c", shards=1, resume_file=None, **kwargs):
     keras.utils.set_random_seed(0)          # twins start from the same weights
     model = make_model(cfg, env, make_algorithm(cfg, env.action_space))
     env.close()
-    job = Job.new(cfg)
     initial = WeightLayout(synced_weights(model)).flat([v.numpy() for v in model.weights])
-    ps = ParameterServer(job.job_id, cfg, model, resume_file=resume_file, shards=shards,
-                         connect=ShardPeer)
-    server, port = make_server(0, [add_parameter_server(SingleJob(job, ps))], max_workers=32)
+    # The job goes through a job host, as every job does, local or in a cluster.
+    data_dir = tempfile.mkdtemp(prefix="drlbox-test-jobs-")
+    host = JobHost(data_dir, lambda job, _: ParameterServer(
+        job.job_id, job.config, model, resume_file=resume_file, shards=shards,
+        connect=ShardPeer), keep_save_dir=True)
+    host.submit(Job("", cfg).encode(), cfg.algorithm)
+    host.step()
+    ps = host.current()
+    job = Job(ps.job_id, ps.config)
+    server, port = make_server(0, [add_parameter_server(host)], max_workers=32)
     address = f"127.0.0.1:{port}"
     stop_shards = threading.Event()
     threads = [threading.Thread(target=serve_shards, args=(address, "127.0.0.1", 0),
@@ -74,7 +82,7 @@ def start(algorithm="a3c", shards=1, resume_file=None, **kwargs):
     client = ParameterClient(address, job.job_id, timeout=TIMEOUT)
     return types.SimpleNamespace(cfg=cfg, model=model, job=job, ps=ps, server=server,
                                  port=port, address=address, client=client, initial=initial,
-                                 stop_shards=stop_shards, threads=threads)
+                                 stop_shards=stop_shards, threads=threads, data_dir=data_dir)
 
 
 def stop(setup):
@@ -83,6 +91,7 @@ def stop(setup):
     for thread in setup.threads:
         thread.join(10)
     setup.server.stop(0)
+    shutil.rmtree(setup.data_dir, ignore_errors=True)
 
 
 @pytest.fixture

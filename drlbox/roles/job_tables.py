@@ -2,51 +2,16 @@
 
 Every table answers `current()` (the running job's parameter server, shards or not),
 `running()` (job and server once every slice is served), `server_for(job_id)`,
-`slice_for(job_id, index)` (what serves that slice here) and `next_worker_index(job_id)`. The
-cluster's table is `drlbox.roles.job_host.JobHost`; here are a local run's and a shard's.
+`slice_for(job_id, index)` (what serves that slice here) and `next_worker_index(job_id)`. A
+parameter server's table is `drlbox.roles.job_host.JobHost` (local runs and clusters alike);
+here is a shard process's.
 """
 from __future__ import annotations
 
 import threading
 from typing import Any
 
-from drlbox.jobs import Job
 from drlbox.roles.interfaces import PushResult
-
-
-class SingleJob:
-    """The job table of a local run: one job whose parameter server is always there."""
-
-    def __init__(self, job: Job, server):
-        self.job, self.server = job, server
-        self._workers = 0
-        self._lock = threading.Lock()
-
-    def current(self):
-        """The running job's parameter server, whether or not all its shards serve yet."""
-        return self.server if self.server.state == "running" else None
-
-    def running(self) -> tuple[Job, object] | None:
-        """(job, parameter server) of the running job once all its shards serve."""
-        return (self.job, self.server) if self.server.ready else None
-
-    def server_for(self, job_id: str):
-        """The parameter server of job_id while it runs here, else None."""
-        return self.server if job_id == self.job.job_id else None
-
-    def slice_for(self, job_id: str, index: int):
-        """What serves slice `index` of job_id in this process (slice 0: the server)."""
-        return self.server if index == 0 and job_id == self.job.job_id else None
-
-    def next_worker_index(self, job_id: str) -> int:
-        """A fresh index for a caller joining the job."""
-        with self._lock:
-            self._workers += 1
-            return self._workers - 1
-
-    def latest(self) -> tuple:
-        """(status, parameter server) of the job, for the metrics."""
-        return self.server.status(), self.server
 
 
 class ShardTable:

@@ -2,8 +2,8 @@
 
 One servicer serves every process of a job's parameter server: the coordinator (slice 0, the
 job's counters, job discovery for workers and shard processes) and the shard processes (their
-slice, and its snapshots). The job table it is given says what runs here (`SingleJob` in a
-local run, `JobHost` in a cluster, `ShardTable` in a shard process; see roles.job_tables).
+slice, and its snapshots). The job table it is given says what runs here (`JobHost` in a
+parameter server, local or in a cluster; `ShardTable` in a shard process; see roles.job_tables).
 Exchange sessions read their frames in place (`serde.decode_frame`) rather than through
 protobuf, which would copy every slice twice.
 """
