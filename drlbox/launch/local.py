@@ -34,7 +34,7 @@ from drlbox.launch.processes import (TOKEN_VARIABLE, env_flag, load_start_error,
                                      quiet_tensorflow_logs)
 from drlbox.launch.progress import Progress
 from drlbox.metrics import local_metrics_port
-from drlbox.roles.interfaces import Checkpoint
+from drlbox.roles.interfaces import Checkpoint, JobStatus
 from drlbox.roles.job_host import resume_file
 from drlbox.rpc.security import Security
 from drlbox.rpc.server import PortInUseError, wait_healthy
@@ -52,22 +52,10 @@ RESTARTS = {
 
 
 @dataclass
-class TrainResult:
-    """How a training run ended."""
+class TrainResult(JobStatus):
+    """How a training run ended: the job's final status, and the roles that died for good."""
 
-    job_id: str
-    state: str
-    message: str
-    global_steps: int
-    updates: int
-    episodes: int
-    recent_return: float
-    wall_seconds: float
-    train_seconds: float
-    evaluations: list = field(default_factory=list)
-    checkpoints: list = field(default_factory=list)    # Checkpoint(path, global_steps, ...)
     failed_roles: list = field(default_factory=list)   # e.g. ['worker-1']
-    resumed_from_steps: int = 0     # > 0: the parameter server was restarted and resumed here
 
 
 def how_it_ended(returncode: int) -> str:
@@ -333,10 +321,7 @@ class LocalRun:
             progress.close()
             client.close()
             jobs.close()
-        return TrainResult(status.job_id, status.state, status.message, status.global_steps,
-                           status.updates, status.episodes, status.recent_return,
-                           status.wall_seconds, status.train_seconds, status.evaluations,
-                           status.checkpoints, failed, status.resumed_from_steps)
+        return TrainResult(**vars(status), failed_roles=failed)
 
     def _final_model(self, status: Any) -> list[Checkpoint]:
         """The final model the parameter server saved on its way out, if it did."""
