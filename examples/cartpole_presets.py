@@ -46,10 +46,10 @@ def two_towers(env, sizes=(200, 100), activation="tanh"):
 
 PRESETS = {
     # Separate Tanh policy and value networks, one worker stepping 8 envs in lockstep with the
-    # default 32-step lists: 15-25k steps / 0.9-1.4 s to solve over seeds 0-2 on 2 cores. (A
-    # shared Tanh trunk with 2 workers x 4 envs and 8-step lists needed ~50k / 8.8 s; the first,
-    # ReLU, 16-step preset ~190k / 19 s.) One worker leaves the second core to the parameter
-    # server instead of making two workers contend with it.
+    # default 32-step lists; this solved faster than a shared Tanh trunk with 2 workers x 4 envs
+    # and 8-step lists, and far faster than the first, ReLU, 16-step preset. One worker leaves
+    # the second core to the parameter server instead of making two workers contend with it.
+    # How fast each preset solves, per seed: docs/performance.md, "Time to solve".
     "a3c": dict(model_maker=two_towers, num_parallel=1, batch_size=8, rollout_maxlen=32,
                 opt_kwargs=dict(learning_rate=2e-3), a3c_entropy_weight=1e-2),
     "acer": dict(feature_maker=mlp_features, rollout_maxlen=16, batch_size=4,
@@ -60,8 +60,8 @@ PRESETS = {
                    replay_kwargs=dict(maxlen=2000, minlen=100)),
     # Without replay, asynchronous n-step Q-learning solved 1 seed in 3 within 200k steps;
     # replaying short lists twice per batch made it reliable. One worker x 8 envs, epsilon
-    # decayed over 5k steps and the target net synced every 50 updates: 35-50k steps / 23-34 s
-    # over seeds 0-2 (2 workers, 10k decay, sync 100: 60-140k steps / 38-91 s).
+    # decayed over 5k steps and the target net synced every 50 updates solved faster than
+    # 2 workers with a 10k decay and syncs every 100 (figures: docs/performance.md).
     "dqn": dict(feature_maker=mlp_features, num_parallel=1, rollout_maxlen=4, batch_size=8,
                 replay_type="uniform", replay_ratio=2, replay_kwargs=dict(maxlen=5000, minlen=200),
                 opt_kwargs=dict(learning_rate=5e-4), policy_eps_decay_steps=5000,
