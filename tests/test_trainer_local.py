@@ -221,15 +221,16 @@ def test_taken_port_is_a_clear_error(port_base):
                          num_parallel=1, train_steps=100, port_begin=base).run()
 
 
-def test_bad_makers_fail_in_the_users_process():
+def test_bad_makers_fail_in_the_users_process(port_base):
     def wrong_input(space):
         inp = keras.Input(shape=(7,))
         return inp, keras.layers.Dense(4)(inp)
 
     with pytest.raises(ValueError, match=r"inputs of shape \(7,\)"):
-        make_trainer("a3c", env_maker=cartpole, feature_maker=wrong_input).run()
+        make_trainer("a3c", env_maker=cartpole, feature_maker=wrong_input,
+                     port_begin=port_base()).run()
     with pytest.raises(ValueError, match="q_values"):
-        make_trainer("dqn", env_maker=cartpole,
+        make_trainer("dqn", env_maker=cartpole, port_begin=port_base(),
                      model_maker=lambda env: keras.Sequential([keras.Input((4,)),
                                                                keras.layers.Dense(5)])).run()
 
