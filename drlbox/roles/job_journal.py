@@ -7,12 +7,14 @@ A job's resume state has two parts:
   checkpoints saved so far). A restarted job goes back to it: the steps trained after it are
   trained again.
 * its history: evaluations, episodes finished and the last training returns. It does not go
-  back with the position: it only grows.
+  back with the position: a restart keeps it as of the last checkpoint or evaluation,
+  whichever came later (a kill loses only the episodes finished since).
 
-Each checkpoint writes both to the resume file (`resume.npz`, replaced atomically). An
-evaluation (rare, and lost for good if not written at once) writes the history alone to
-`resume.history.json` beside it, which the next checkpoint makes redundant and removes; a
-restore takes whichever of the two histories is newer (the larger: history only grows).
+Each checkpoint writes both to the resume file (e.g. `resume.npz`, replaced atomically). An
+evaluation (rare, and lost for good if not written at once) writes the history alone to a
+file beside it (`resume.history.json`), which the next checkpoint makes redundant and
+removes; a restore takes whichever of the two histories is newer (the larger: history only
+grows).
 
 An evaluation at a step beyond the position a job resumes from measured weights that the
 restart lost; it stays in the history all the same (the measurement did happen and was
