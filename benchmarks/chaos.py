@@ -307,8 +307,10 @@ def ps_killed_local(save_interval: int = 1000) -> Row:
 
 def _resume_counters(path: str) -> dict:
     """The counters a resume restores, read off the resume file the killed server left."""
-    with np.load(path) as saved:
-        return json.loads(str(saved["meta"]))
+    from drlbox.roles.job_journal import ResumeJournal
+
+    position, _ = ResumeJournal(path).load()
+    return {"global_steps": position.global_steps, "updates": position.updates}
 
 
 def _resumed(client):

@@ -240,6 +240,42 @@ def test_parameter_server_restart_resumes_the_job_and_workers_rejoin(port_base, 
         cluster.close()
 
 
+def _evaluated_since_the_last_checkpoint(job, save_interval):
+    """The job's status once an evaluation was reported after its last checkpoint, well
+    before the next one (so that a kill now loses that evaluation unless it was saved)."""
+    s = job.status()
+    evaluated, saved = [e.global_steps for e in s.evaluations], s.checkpoints
+    if evaluated and saved and max(evaluated) > saved[-1].global_steps and \
+            s.global_steps < saved[-1].global_steps + save_interval // 2:
+        return s
+    return None
+
+
+def test_what_a_job_reported_before_its_parameter_server_was_killed_is_in_its_final_status(
+        port_base, tmp_path):
+    cluster = Cluster(port_base(6), str(tmp_path / "data"), workers=2, evaluator=True)
+    try:
+        client = Client(cluster.ps_address, token=TOKEN, retry_seconds=120)
+        job = client.submit("a3c", **cartpole_job(train_steps=40_000, save_interval=8000,
+                                                  eval_interval=1000, eval_episodes=2))
+        before = wait_until(lambda: _evaluated_since_the_last_checkpoint(job, 8000), 240,
+                            "an evaluation after a checkpoint")
+        cluster.kill("parameter-server")
+        cluster.start_parameter_server()
+        status = job.wait(timeout=300)
+        assert status.state == "done", status.message
+        assert 0 < status.resumed_from_steps < max(e.global_steps for e in before.evaluations)
+        # Every evaluation reported before the kill is kept, the one the resumed job went back
+        # from included, and no step is evaluated twice (the rejoining evaluator goes on).
+        steps = [e.global_steps for e in status.evaluations]
+        assert set(e.global_steps for e in before.evaluations) <= set(steps), (before, steps)
+        assert len(steps) == len(set(steps)), f"an evaluation appears twice: {steps}"
+        assert [s for s, _ in job.metrics()["evaluations"]] == steps
+        client.close()
+    finally:
+        cluster.close()
+
+
 def test_a_sharded_job_survives_a_killed_shard_and_a_restarted_parameter_server(port_base,
                                                                                tmp_path):
     cluster = Cluster(port_base(6), str(tmp_path / "data"), workers=2, shards=2)

@@ -694,6 +694,36 @@ def test_a_resumed_job_restores_every_slice(tmp_path):
         resumed.slots.close()
 
 
+def test_a_killed_server_resumes_with_what_was_reported_after_its_last_checkpoint(tmp_path):
+    resume = str(tmp_path / "resume.npz")
+    setup = start("a3c", resume_file=resume, save_dir=str(tmp_path), save_interval=10**9)
+    try:
+        client = setup.client
+        client.push_and_pull(None, 0, WorkerReport(env_steps=10, episode_returns=[1.0, 2.0]), 0)
+        client.report_evaluation(10, [5.0])
+        setup.ps.save_now()
+        client.push_and_pull(None, 0, WorkerReport(env_steps=6, episode_returns=[3.0]), 0)
+        client.report_evaluation(16, [7.0])
+        # Not saved anywhere: a kill now loses it, as it loses the steps since the checkpoint.
+        client.push_and_pull(None, 0, WorkerReport(env_steps=4, episode_returns=[4.0]), 0)
+    finally:
+        stop(setup)         # no final save: as if the process had been killed
+    resumed = ParameterServer("job", setup.cfg, setup.model, resume_file=resume)
+    status = resumed.status()
+    # The weights and the steps go back to the checkpoint; what the job reported does not.
+    assert status.resumed_from_steps == status.global_steps == 10
+    assert [(e.global_steps, e.mean_return) for e in status.evaluations] == [(10, 5.0), (16, 7.0)]
+    assert status.episodes == 3 and status.recent_returns == [1.0, 2.0, 3.0]
+    # An evaluator that rejoins and reports a step the job has evaluated changes nothing.
+    resumed.report_evaluation(10, [9.0])
+    resumed.push_and_pull(None, 0, WorkerReport(env_steps=3, episode_returns=[6.0]), 0)
+    resumed.report_evaluation(13, [8.0])
+    again = ParameterServer("job", setup.cfg, setup.model, resume_file=resume).status()
+    assert [(e.global_steps, e.mean_return) for e in again.evaluations] == [
+        (10, 5.0), (16, 7.0), (13, 8.0)]
+    assert again.episodes == 4 and again.global_steps == 10
+
+
 # --- refusals: every bad value is refused with a proper code and changes nothing -----------
 
 def test_bad_reports_are_refused_before_the_gradient_is_applied(a3c):
@@ -774,6 +804,38 @@ def test_an_evaluation_the_job_has_gone_back_from_is_dropped_and_the_evaluator_g
             assert evaluator.run() == 1
         assert "evaluation at 6500 steps dropped" in caplog.text
         assert setup.client.status().evaluations == []
+    finally:
+        stop(setup)
+
+
+class TrainsOnThenStops:
+    """A parameter client for a job that stays put for two status reads, is then 600 steps on,
+    and stops at the fourth read, so that the evaluator returns."""
+
+    def __init__(self, client):
+        self.client, self.calls = client, 0
+
+    def status(self):
+        self.calls += 1
+        if self.calls == 3:
+            self.client.push_and_pull(None, 0, WorkerReport(env_steps=600), -1)
+        return self.client.stop("test over") if self.calls == 4 else self.client.status()
+
+    def __getattr__(self, name):
+        return getattr(self.client, name)
+
+
+def test_an_evaluator_joining_an_evaluated_job_goes_on_after_its_last_evaluation():
+    from drlbox.launch.processes import make_following_evaluator
+
+    setup = start("a3c", eval_interval=1000, eval_episodes=1)
+    try:
+        # As after a parameter-server restart: the job was evaluated at the step it is at.
+        setup.client.push_and_pull(None, 0, WorkerReport(env_steps=1500), -1)
+        setup.client.report_evaluation(1500, [1.0])
+        evaluator = make_following_evaluator(TrainsOnThenStops(setup.client), setup.job)
+        assert evaluator.run() == 1
+        assert [e.global_steps for e in setup.client.status().evaluations] == [1500, 2100]
     finally:
         stop(setup)
 

@@ -83,28 +83,47 @@ class FollowingEvaluator:
 
     def run(self) -> int:
         """Evaluate until the job ends; returns the number of evaluations made."""
-        while True:
-            status = self.params.status()
-            if not status.running:
-                return self.evaluations
+        status = self.params.status()
+        self._go_on_after_evaluated(status)
+        while status.running:
             if status.global_steps < self.next_eval:
                 time.sleep(self.poll)
-                continue
-            update = self.params.get_weights(-1)
-            steps = status.global_steps
-            self.assign(update)
-            self.predict.refresh()
-            returns = run_episodes(self.env, self.predict, self.policy,
-                                   self.config.eval_episodes, self.to_input, self.rng)
-            self.last_mean_return, self.last_global_steps = float(np.mean(returns)), steps
-            self.evaluations += 1
-            log.info("evaluation at %d steps: mean return %.1f", steps, self.last_mean_return)
-            interval = self.config.eval_interval
-            self.next_eval = (steps // interval + 1) * interval
-            try:
-                if self.params.report_evaluation(steps, returns, update.version).stop:
-                    return self.evaluations
-            except OutOfRange as err:
-                # The job resumed from an earlier checkpoint while this ran: the weights it
-                # measured are gone, and so is the evaluation.
-                log.warning("evaluation at %d steps dropped: %s", steps, err)
+            elif self._evaluate(status.global_steps):
+                break
+            status = self.params.status()
+        return self.evaluations
+
+    def _evaluate(self, steps: int) -> bool:
+        """Evaluate the newest weights (the job is at `steps`) and report the returns; whether
+        the job stops."""
+        update = self.params.get_weights(-1)
+        self.assign(update)
+        self.predict.refresh()
+        returns = run_episodes(self.env, self.predict, self.policy, self.config.eval_episodes,
+                               self.to_input, self.rng)
+        self.last_mean_return, self.last_global_steps = float(np.mean(returns)), steps
+        self.evaluations += 1
+        log.info("evaluation at %d steps: mean return %.1f", steps, self.last_mean_return)
+        self.next_eval = self._after(steps)
+        try:
+            return self.params.report_evaluation(steps, returns, update.version).stop
+        except OutOfRange as err:
+            # The job resumed from an earlier checkpoint while this ran: the weights it
+            # measured are gone, and so is the evaluation.
+            log.warning("evaluation at %d steps dropped: %s", steps, err)
+            return False
+
+    def _after(self, steps: int) -> int:
+        """The first multiple of eval_interval beyond `steps`."""
+        interval = self.config.eval_interval
+        return (steps // interval + 1) * interval
+
+    def _go_on_after_evaluated(self, status: Any) -> None:
+        """Joining a job evaluated already (e.g. again after a parameter-server restart), go on
+        after its last evaluation up to where it is now, rather than evaluate again at once.
+        (Evaluations beyond that step are of weights a resume went back from: the steps
+        trained again are evaluated again.)"""
+        reached = [e.global_steps for e in status.evaluations
+                   if e.global_steps <= status.global_steps]
+        if reached:
+            self.next_eval = max(self.next_eval, self._after(max(reached)))

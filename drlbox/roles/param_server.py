@@ -4,15 +4,14 @@ The job's flat weight vector is cut into `shards` contiguous slices (`shard_boun
 object serves slice 0 itself and keeps what belongs to the job as a whole: global env steps,
 episode returns, evaluations, the stop rule (`train_steps`, `target_return`) and checkpoints,
 which gather every slice into one `.keras` file. Slices 1..K-1 are served by shard processes
-booked in `ShardSlots`. Given a resume file (cluster mode), each checkpoint also records every
-slice's optimizer state and the counters, and a new server on the same file resumes from there.
+booked in `ShardSlots`. Given a resume file (cluster mode), a `ResumeJournal` keeps what a
+restart must carry (every slice's optimizer state and the counters with each checkpoint, the
+job's history with each evaluation too), and a new server on the same file resumes from there.
 It knows nothing of gRPC: `drlbox.rpc.parameter_server` serves it.
 """
 from __future__ import annotations
 
 import collections
-import dataclasses
-import json
 import logging
 import os
 import threading
@@ -29,13 +28,12 @@ from drlbox.ops.flat_weights import WeightLayout, shard_bounds, slice_pieces
 from drlbox.roles.checkpoints import ScalarLog, checkpoint_path, save_model_atomically
 from drlbox.roles.interfaces import (Checkpoint, Evaluation, JobStatus, PushResult, ShardReply,
                                      ShardState, WeightsUpdate, WorkerReport)
+from drlbox.roles.job_journal import JobHistory, Position, ResumeJournal
 from drlbox.roles.limits import (check_address, check_evaluation, check_reason, check_report)
 from drlbox.roles.param_shard import GradientError, ParameterShard, make_optimizer
 from drlbox.roles.shard_slots import ShardSlots
 
 log = logging.getLogger(__name__)
-# What a resumed job carries over besides weights and optimizer state.
-_RESUMED_COUNTERS = ("global_steps", "updates", "episodes")
 __all__ = ["GradientError", "ParameterServer", "shard_settings"]
 # A push that arrives after the job reached its end, or was stopped, carries env steps already
 # spent: it is still applied and counted (and the reply says stop). Not after a cancel.
@@ -68,12 +66,11 @@ class ParameterServer:
         self.bounds = shard_bounds(self.layout.size, shards)
         self._aux_rule = ALGORITHM_CLASSES[config.algorithm].aux_rule(config)
         self._lock = threading.Lock()
-        self.global_steps = self.updates = self.episodes = 0
-        self._recent_returns: collections.deque = collections.deque(maxlen=100)
+        self.global_steps = self.updates = 0
+        self.history = JobHistory()     # evaluations, episodes, recent returns
         self._staleness: collections.deque = collections.deque(maxlen=100)
         self._staleness_sum = 0
         self.staleness_counts = BucketCounts(STALENESS_BUCKETS)     # for the metrics
-        self._evaluations: list[Evaluation] = []
         self._checkpoints: list[Checkpoint] = []
         self._stats: dict = {}
         self._start = time.monotonic()
@@ -90,13 +87,15 @@ class ParameterServer:
         # newer weights training went on to while the evaluator played. One slice only.
         self._pulled: tuple[int, np.ndarray] | None = None
         self._judged: tuple[int, np.ndarray] | None = None
-        self._resume_file = resume_file
+        self._journal = ResumeJournal(resume_file) if resume_file else None
         if config.save_dir:
             remove_leftovers(config.save_dir, resume_file)
         self.resumed_from_steps = 0
         states = self._initial_states()
-        if resume_file and os.path.exists(resume_file):
-            states = self._restore(resume_file, states)
+        if self._journal is not None:
+            position, self.history = self._journal.load()
+            if position is not None:
+                states = self._restore(position, states)
         self.shard0 = self._make_shard(0, states[0])
         self.slots = ShardSlots(job_id, states[1:], connect or _no_remote_shards)
 
@@ -243,8 +242,7 @@ class ParameterServer:
                          losses: dict) -> list[tuple[int, dict]]:
         """Count the report's steps and episodes; the TensorBoard scalars to write."""
         self.global_steps += int(report.env_steps)
-        self.episodes += len(report.episode_returns)
-        self._recent_returns.extend(float(r) for r in report.episode_returns[-100:])
+        self.history.add_episodes(report.episode_returns)
         scalars = [(self.global_steps, {"episode_return": r}) for r in report.episode_returns]
         now = time.monotonic()
         if self._rate_mark is None:
@@ -267,12 +265,20 @@ class ParameterServer:
                           weights_version: int | None = None) -> PushResult:
         """Record an evaluation; reaching target_return stops the job, and the weights that
         played (when they are the ones last pulled, at `weights_version`) become the final
-        model."""
+        model. A second report for a step already evaluated (an evaluator that rejoined after
+        a restart) changes nothing."""
         check_evaluation(global_steps, returns, self.global_steps, weights_version)
         with self._lock:
             mean = float(np.mean(returns)) if len(returns) else float("nan")
-            self._evaluations.append(Evaluation(int(global_steps), mean, len(returns),
-                                                time.monotonic() - self._start))
+            evaluation = Evaluation(int(global_steps), mean, len(returns),
+                                    time.monotonic() - self._start)
+            if not self.history.add_evaluation(evaluation):
+                return PushResult(self.shard0.version, self.global_steps,
+                                  self.state != "running")
+            # Saved at once while the job runs; after its end, the final model's save holds
+            # what a restart needs (a late evaluation is in the status the job ends with).
+            if self._journal is not None and self.state == "running":
+                self._journal.save_history(self.history)
             self._scalars.write(global_steps, {"eval/mean_return": mean})
             target = self.config.target_return
             if self.state == "running" and target is not None and mean >= target:
@@ -321,8 +327,10 @@ class ParameterServer:
         save_model_atomically(self.model, path)
         self._checkpoints = [c for c in self._checkpoints if c.path != path]
         self._checkpoints.append(Checkpoint(path, steps, self._train_seconds()))
-        if self._resume_file:
-            self._save_resume_state(path, states)
+        if self._journal is not None:
+            self._journal.save_position(Position(path, self.global_steps, self.updates,
+                                                 self._train_seconds(),
+                                                 list(self._checkpoints), states), self.history)
 
     def save_final(self) -> None:
         """Save the final model again if pushes were applied after the job ended (its
@@ -340,57 +348,31 @@ class ParameterServer:
             if self.state == "running" and self.config.save_dir:
                 self._save(checkpoint_path(self.config.save_dir, self.global_steps))
 
-    def _save_resume_state(self, model_path: str, states: list[ShardState]) -> None:
-        arrays, slots = {}, []
-        for k, state in enumerate(states):
-            slots.append({"version": state.version, "aux_version": state.aux_version,
-                          "updates": state.updates})
-            if state.aux is not None:
-                arrays[f"s{k}_aux"] = state.aux
-            arrays.update({f"s{k}_opt_{i}": v for i, v in enumerate(state.optimizer or [])})
-        meta = {name: getattr(self, name) for name in _RESUMED_COUNTERS}
-        meta.update(model_path=model_path, slots=slots, train_seconds=self._train_seconds(),
-                    checkpoints=[dataclasses.astuple(c) for c in self._checkpoints],
-                    evaluations=[dataclasses.astuple(e) for e in self._evaluations],
-                    recent_returns=list(self._recent_returns))
-        arrays["meta"] = np.array(json.dumps(meta))
-        tmp = f"{self._resume_file}.tmp.npz"
-        np.savez(tmp, **arrays)
-        os.replace(tmp, self._resume_file)
-
-    def _restore(self, resume_file: str, fresh: list[ShardState]) -> list[ShardState]:
-        """Slice states and counters saved by `_save_resume_state` (weights from its model)."""
-        with np.load(resume_file) as saved:
-            meta = json.loads(str(saved["meta"]))
-            self.model.load_weights(meta["model_path"])
-            flat = self.layout.flat([v.numpy() for v in self.layout.variables])
-            same_cut = len(meta["slots"]) == len(self.bounds)
-            if not same_cut:
-                log.warning("job %s was saved with %d parameter-server shards and resumes with "
-                            "%d: its optimizer state starts afresh", self.job_id,
-                            len(meta["slots"]), len(self.bounds))
-            aux = (np.concatenate([saved[f"s{k}_aux"] for k in range(len(meta["slots"]))])
-                   if self._aux_rule else None)
-            states = []
-            for k, (lo, hi) in enumerate(self.bounds):
-                slot = meta["slots"][k] if same_cut else meta["slots"][0]
-                optimizer = None
-                if same_cut and f"s{k}_opt_0" in saved:
-                    count = sum(name.startswith(f"s{k}_opt_") for name in saved.files)
-                    optimizer = [saved[f"s{k}_opt_{i}"] for i in range(count)]
-                states.append(ShardState(flat[lo:hi].copy(), slot["version"],
-                                         None if aux is None else aux[lo:hi].copy(),
-                                         slot["aux_version"], optimizer, slot["updates"]))
-        for name in _RESUMED_COUNTERS:
-            setattr(self, name, int(meta[name]))
-        self._checkpoints = [Checkpoint(*c) for c in meta["checkpoints"]]
-        self._evaluations = [Evaluation(*e) for e in meta.get("evaluations", [])]
-        self._recent_returns.extend(meta.get("recent_returns", []))
-        self._first_report = time.monotonic() - meta["train_seconds"]
+    def _restore(self, position: Position, fresh: list[ShardState]) -> list[ShardState]:
+        """Slice states and counters of a saved position (weights from its model file)."""
+        self.model.load_weights(position.model_path)
+        flat = self.layout.flat([v.numpy() for v in self.layout.variables])
+        saved = position.slots
+        same_cut = len(saved) == len(self.bounds)
+        if not same_cut:
+            log.warning("job %s was saved with %d parameter-server shards and resumes with "
+                        "%d: its optimizer state starts afresh", self.job_id, len(saved),
+                        len(self.bounds))
+        aux = np.concatenate([s.aux for s in saved]) if self._aux_rule else None
+        states = []
+        for k, (lo, hi) in enumerate(self.bounds):
+            slot = saved[k] if same_cut else saved[0]
+            states.append(ShardState(flat[lo:hi].copy(), slot.version,
+                                     None if aux is None else aux[lo:hi].copy(),
+                                     slot.aux_version, slot.optimizer if same_cut else None,
+                                     slot.updates))
+        self.global_steps, self.updates = position.global_steps, position.updates
+        self._checkpoints = list(position.checkpoints)
+        self._first_report = time.monotonic() - position.train_seconds
         interval = self.config.save_interval
         self._next_save = (self.global_steps // interval + 1) * interval
         self.resumed_from_steps = self.global_steps
-        log.info("job %s resumed from %s at %d env steps", self.job_id, meta["model_path"],
+        log.info("job %s resumed from %s at %d env steps", self.job_id, position.model_path,
                  self.global_steps)
         return states
 
@@ -400,7 +382,9 @@ class ParameterServer:
     def status(self) -> JobStatus:
         """A snapshot of the job's progress."""
         with self._lock:
-            recent = float(np.mean(self._recent_returns)) if self._recent_returns else float("nan")
+            history = self.history
+            recent = (float(np.mean(history.recent_returns)) if history.recent_returns
+                      else float("nan"))
             message = self.message
             if self.state == "running" and not self.ready:
                 missing = sum(a is None for a in self.slots.addresses())
@@ -408,12 +392,12 @@ class ParameterServer:
             return JobStatus(
                 job_id=self.job_id, state=self.state, message=message,
                 global_steps=self.global_steps, train_steps=self.config.train_steps,
-                updates=self.updates, version=self.shard0.version, episodes=self.episodes,
+                updates=self.updates, version=self.shard0.version, episodes=history.episodes,
                 recent_return=recent, steps_per_sec=self._steps_per_sec,
                 wall_seconds=time.monotonic() - self._start,
                 train_seconds=self._train_seconds(),
-                evaluations=list(self._evaluations), checkpoints=list(self._checkpoints),
-                stats=dict(self._stats), recent_returns=list(self._recent_returns),
+                evaluations=list(history.evaluations), checkpoints=list(self._checkpoints),
+                stats=dict(self._stats), recent_returns=list(history.recent_returns),
                 resumed_from_steps=self.resumed_from_steps, algorithm=self.config.algorithm)
 
 
@@ -432,5 +416,5 @@ def remove_leftovers(save_dir: str, resume_file: str | None) -> None:
                 os.remove(os.path.join(save_dir, name))
             except OSError:
                 pass
-    if resume_file and os.path.exists(f"{resume_file}.tmp.npz"):
-        os.remove(f"{resume_file}.tmp.npz")
+    if resume_file:
+        ResumeJournal(resume_file).remove_partial_writes()
