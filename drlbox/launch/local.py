@@ -36,6 +36,7 @@ from drlbox.launch.progress import Progress
 from drlbox.metrics import local_metrics_port
 from drlbox.roles.interfaces import Checkpoint, JobStatus
 from drlbox.roles.job_host import resume_file
+from drlbox.roles.job_journal import ResumeJournal
 from drlbox.rpc.security import Security
 from drlbox.rpc.server import PortInUseError, wait_healthy
 
@@ -260,8 +261,8 @@ class LocalRun:
         if self._data_dir:
             shutil.rmtree(self._data_dir, ignore_errors=True)
         resume = resume_file(Job(self.job_id, self.config)) if self.job_id else None
-        if resume and os.path.exists(resume):
-            os.remove(resume)
+        if resume:
+            ResumeJournal(resume).remove()
 
     def _follow(self) -> TrainResult:
         from drlbox.rpc.job_control import JobControlClient

@@ -1,8 +1,9 @@
-"""The parameter server in cluster mode: submitted jobs queue and run one at a time, on disk.
+"""A parameter server's jobs: submitted jobs queue and run one at a time, on disk.
 
 Under `data_dir/jobs/<job_id>/` each job keeps `job.bin` (its cloudpickled config, as
 submitted), `record.json` (state, message, final status) and `checkpoints/` (saved models,
-TensorBoard scalars, and `.resume-<job_id>.npz`). A parameter server restarted on the same
+TensorBoard scalars, and the resume files `.resume-<job_id>.npz` and
+`.resume-<job_id>.history.json`: roles.job_journal). A parameter server restarted on the same
 data_dir queues its queued jobs again and resumes the running one from its last checkpoint. A
 local run is a one-machine cluster with one job whose checkpoints stay in the save_dir its user
 gave (`keep_save_dir`). It knows nothing of gRPC: `drlbox.rpc.job_control` serves it.

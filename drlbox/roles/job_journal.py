@@ -152,6 +152,12 @@ class ResumeJournal:
                             [Checkpoint(*c) for c in meta["checkpoints"]], slots)
         return position, meta
 
+    def remove(self) -> None:
+        """Delete the resume files: the job is over, nothing is left to resume."""
+        for path in (self.position_path, self.history_path):
+            if os.path.exists(path):
+                os.remove(path)
+
     def remove_partial_writes(self) -> None:
         """Delete what a save interrupted by a crash left behind."""
         for path in (self._position_tmp, self._history_tmp):
