@@ -128,7 +128,7 @@ def simulated_worker(address: str, job_id: str, token: str, index: int, rate: fl
 
     keep_freed_memory()                 # as a worker process does
     params = ParameterClient(address, job_id, timeout=60.0, security=Security(token=token))
-    params.compress_gradients = compress      # what fetch_job sets from the job
+    params.compress_gradients = compress      # what join_job sets from the job
     first = params.get_weights(-1, -1)
     rng = np.random.default_rng(index)
     gradient = (rng.standard_normal(first.weights.shape) * 1e-4).astype(np.float32)

@@ -137,8 +137,10 @@ def _strangers(run: Run) -> Row:
                  "Stop": lambda: channel.unary_unary("/drlbox.v1.ParameterServer/Stop")(
                      pb.StopRequest(job_id=run.local.job_id).SerializeToString(),
                      timeout=10),
-                 "GetJob": lambda: list(channel.unary_stream(
-                     "/drlbox.v1.ParameterServer/GetJob")(b"", timeout=10))}
+                 "GetRunningJob": lambda: channel.unary_unary(
+                     "/drlbox.v1.ParameterServer/GetRunningJob")(b"", timeout=10),
+                 "JoinJob": lambda: list(channel.unary_stream(
+                     "/drlbox.v1.ParameterServer/JoinJob")(b"", timeout=10))}
         codes = {name: code_of(call) for name, call in calls.items()}
     return Row("9 another local user calls a local run", ", ".join(
         f"{n} {c}" for n, c in codes.items()), ok=set(codes.values()) == {"UNAUTHENTICATED"})

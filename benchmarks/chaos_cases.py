@@ -248,14 +248,30 @@ def job_id_choice(target: Target, rng: np.random.Generator, real: float = 0.5) -
 
 
 # --- the parameter server's own methods --------------------------------------------------
-def _get_job(t, rng):
+_ROLES = [ps_pb.JOINING_ROLE_WORKER, ps_pb.JOINING_ROLE_EVALUATOR]
+
+
+def _join_job_request(t, rng) -> ps_pb.JoinJobRequest:
+    """A valid JoinJob request: the running job, this Python, a worker or the evaluator."""
+    return ps_pb.JoinJobRequest(job_id=t.job_id, python_version=t.python_version,
+                                role=pick(rng, _ROLES))
+
+
+def _join_job(t, rng):
+    """One field of a JoinJob request wrong at a time (sometimes several), or none."""
     roll = rng.random()
-    if roll < 0.4:
-        return "right version", unary(ps_pb.JobRequest(python_version=t.python_version)), False
-    if roll < 0.55:
-        return "version not UTF-8", [not_utf8(b"")], True
-    version = pick(rng, ["", "2.7", "3.12", t.python_version + ".0", "4.0", LONG])
-    return f"version={version[:8]!r}", unary(ps_pb.JobRequest(python_version=version)), True
+    if roll < 0.1:
+        number, name = pick(rng, [(1, "job_id"), (2, "python_version")])
+        data = _join_job_request(t, rng).SerializeToString()
+        return f"{name} not UTF-8", [not_utf8(data, number)], True
+    desc, job_id = job_id_choice(t, rng, 0.6)
+    version = t.python_version
+    if rng.random() < 0.3:
+        version = pick(rng, ["", "2.7", "3.12", t.python_version + ".0", "4.0", LONG])
+    role = pick(rng, _ROLES * 3 + [ps_pb.JOINING_ROLE_UNSPECIFIED, 3, 99, -1, 2**31 - 1])
+    message = ps_pb.JoinJobRequest(job_id=job_id, python_version=version, role=role)
+    invalid = desc != "real-job" or version != t.python_version or role not in _ROLES
+    return f"{desc} version={version[:8]!r} role={role}", unary(message), invalid
 
 
 def _by_job(make: Callable, real: float = 0.5, empty_ok: bool = False) -> Callable:
@@ -689,8 +705,10 @@ def _plain(make: Callable) -> Callable:
 PS, JC = "drlbox.v1.ParameterServer", "drlbox.v1.JobControl"
 # (role, service, method, call kind, generators, whether an accepted call may change state)
 METHODS = [
-    ("parameter-server", PS, "GetJob", "us", Gen(_plain(
-        lambda t, r: ps_pb.JobRequest(python_version=t.python_version)), _get_job), False),
+    ("parameter-server", PS, "GetRunningJob", "uu", Gen(
+        _plain(lambda t, r: ps_pb.RunningJobRequest()), _empty_request), False),
+    # A worker's join uses up a worker index, which no snapshot shows.
+    ("parameter-server", PS, "JoinJob", "us", Gen(_plain(_join_job_request), _join_job), True),
     ("parameter-server", PS, "Exchange", "ss",
      Gen(_exchange_valid(0), _exchange_structured(0), streaming=True), True),
     ("parameter-server", PS, "GetShards", "uu", Gen(_plain(

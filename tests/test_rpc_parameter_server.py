@@ -2,6 +2,7 @@
 and a job whose weights are cut into two shards served by two servers."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import queue
 import shutil
@@ -20,6 +21,8 @@ from drlbox.algorithms import make_algorithm, make_model
 from drlbox.config import trainer_config
 from drlbox.envs import make_env
 from drlbox.jobs import Job, python_version
+from drlbox.launch.entrypoints import _new_job
+from drlbox.launch.processes import replay_services
 from drlbox.launch.shard import serve_shards
 from drlbox.layers.noisy import synced_weights
 from drlbox.ops.flat_weights import WeightLayout
@@ -263,7 +266,7 @@ def test_compressed_gradients_travel_as_half_the_bytes_and_apply_alike():
     setup, twin = start("a3c", compress_gradients=True), start("a3c")
     try:
         fresh = ParameterClient(setup.address, timeout=TIMEOUT)
-        fresh.fetch_job()
+        fresh.join_job(fresh.running_job().job_id)
         assert fresh.compress_gradients and not twin.client.compress_gradients
         gradient = small_gradient(setup.ps.size)
         headers = []
@@ -344,8 +347,9 @@ def test_call_without_protocol_metadata_is_refused_but_health_answers(a3c):
         calls = {
             "GetStatus": lambda: stub.GetStatus(pb.StatusRequest(job_id=job_id),
                                                 timeout=TIMEOUT),
-            "GetJob": lambda: list(stub.GetJob(
-                pb.JobRequest(python_version=python_version()), timeout=TIMEOUT)),
+            "GetRunningJob": lambda: stub.GetRunningJob(pb.RunningJobRequest(),
+                                                        timeout=TIMEOUT),
+            "JoinJob": lambda: list(stub.JoinJob(join_request(job_id), timeout=TIMEOUT)),
             "Exchange": lambda: raw_exchange(a3c.address, request(
                 job_id, small_gradient(a3c.ps.size), report=pb.WorkerReport(env_steps=3)),
                 metadata=()),
@@ -367,14 +371,25 @@ def test_call_without_protocol_metadata_is_refused_but_health_answers(a3c):
     assert a3c.client.status().global_steps == 0
 
 
-def test_get_job_round_trips_config_with_lambda_env_maker(a3c):
-    fresh = ParameterClient(a3c.address, timeout=TIMEOUT)
-    try:
-        job = fresh.fetch_job()
-    finally:
-        fresh.close()
-    assert job.job_id == a3c.job.job_id
-    assert fresh.job_id == a3c.job.job_id
+def join_request(job_id, role=pb.JOINING_ROLE_WORKER, version=None):
+    return pb.JoinJobRequest(job_id=job_id, role=role,
+                             python_version=python_version() if version is None else version)
+
+
+def join_as_worker(address, job_id):
+    """A fresh client joins job_id as a worker: its worker index."""
+    with contextlib.closing(ParameterClient(address, timeout=TIMEOUT)) as joiner:
+        joiner.join_job(job_id, "worker")
+        return joiner.worker_index
+
+
+def test_join_job_round_trips_config_with_lambda_env_maker(a3c):
+    with contextlib.closing(ParameterClient(a3c.address, timeout=TIMEOUT)) as fresh:
+        running = fresh.running_job()
+        job = fresh.join_job(running.job_id)
+    assert running.job_id == job.job_id == fresh.job_id == a3c.job.job_id
+    assert running.shards == [("", 0, a3c.ps.size)]
+    assert running.settings["algorithm"] == "a3c" and running.settings["rollout_spec"] is None
     assert job.config.plain_settings() == a3c.cfg.plain_settings()
     env = job.config.env_maker()
     try:
@@ -386,23 +401,103 @@ def test_get_job_round_trips_config_with_lambda_env_maker(a3c):
     assert tuple(feature.shape) == (None, 16)
 
 
-def test_get_job_refuses_another_python_version(a3c):
-    channel = make_channel(a3c.address)
+def test_polling_the_running_job_joins_nothing_and_ships_no_makers():
+    """Idle roles poll every second: the answer is the job's settings only, however big its
+    makers, and however often they ask, the first worker to join is still worker 0."""
+    ballast = np.ones(1 << 20, np.uint8)        # 1 MiB that the makers carry
+
+    def heavy_features(space):
+        assert ballast.size
+        return small_features(space)
+
+    setup = start("a3c", feature_maker=heavy_features)
+    job_id = setup.job.job_id
     try:
-        stub = pb_grpc.ParameterServerStub(channel)
-        err = rpc_error(lambda: list(stub.GetJob(pb.JobRequest(python_version="2.7"),
-                                                 timeout=TIMEOUT)))
-        assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
-        assert "2.7" in err.details() and python_version() in err.details()
-        # With the right version the same stub gets the job, in one or more chunks.
-        chunks = list(stub.GetJob(pb.JobRequest(python_version=python_version()),
-                                  timeout=TIMEOUT))
-        assert chunks[0].job_id == a3c.job.job_id
-        assert '"algorithm": "a3c"' in chunks[0].config_json
-        assert [(s.address, s.start, s.stop) for s in chunks[0].shards] == [
-            ("", 0, a3c.ps.size)]
+        with make_channel(setup.address) as channel:
+            stub = pb_grpc.ParameterServerStub(channel)
+            answers = [stub.GetRunningJob(pb.RunningJobRequest(), timeout=TIMEOUT)
+                       for _ in range(50)]
+            assert {a.job_id for a in answers} == {job_id}
+            assert max(a.ByteSize() for a in answers) < 4096
+            # Neither the evaluator's joins nor the replay server's look-ups use up an index.
+            evaluator = list(stub.JoinJob(join_request(job_id, pb.JOINING_ROLE_EVALUATOR),
+                                          timeout=TIMEOUT))
+            assert evaluator[0].job.job_id == job_id and evaluator[0].worker_index == 0
+            assert sum(len(c.makers) for c in evaluator) > ballast.size
+        assert replay_services(setup.client)(job_id) is None   # A3C keeps no replay memory
+        assert [join_as_worker(setup.address, job_id) for _ in range(3)] == [0, 1, 2]
     finally:
-        channel.close()
+        stop(setup)
+
+
+def test_the_replay_server_builds_memory_from_the_running_jobs_settings_alone():
+    setup = start("dqn", replay_type="uniform", replay_kwargs=dict(maxlen=100, minlen=10))
+    try:
+        replay = replay_services(setup.client)
+        assert replay(setup.job.job_id) is not None
+        assert replay("dqn-00000000") is None
+        assert join_as_worker(setup.address, setup.job.job_id) == 0
+    finally:
+        stop(setup)
+
+
+def test_a_role_that_finished_a_job_does_not_join_it_again(a3c):
+    """The idle loop's step: join the running job once; after its work on it is done, polls
+    see the same job and join nothing (no download, no worker index)."""
+    with contextlib.closing(ParameterClient(a3c.address, timeout=TIMEOUT)) as role:
+        job = _new_job(role, "worker", finished=set())
+        assert job.job_id == a3c.job.job_id and role.worker_index == 0
+        for _ in range(20):
+            assert _new_job(role, "worker", finished={job.job_id}) is None
+    assert join_as_worker(a3c.address, a3c.job.job_id) == 1
+    # Once the job is over nothing runs: polls find nothing to join.
+    a3c.client.stop("the test is done")
+    err = rpc_error(lambda: a3c.client.running_job())
+    assert err.code() == grpc.StatusCode.NOT_FOUND and "no job runs" in err.details()
+    with contextlib.closing(ParameterClient(a3c.address, timeout=TIMEOUT)) as role:
+        assert _new_job(role, "worker", finished=set()) is None
+
+
+def test_join_job_refusals_name_the_field_and_use_up_no_worker_index(a3c):
+    job_id = a3c.job.job_id
+    cases = [  # (the field named, request, code, what the message says)
+        ("python_version", join_request(job_id, version="2.7"),
+         grpc.StatusCode.FAILED_PRECONDITION, ["2.7", python_version()]),
+        ("job_id", join_request(""), grpc.StatusCode.INVALID_ARGUMENT, ["empty"]),
+        ("job_id", join_request("a3c-" + "x" * 100_000), grpc.StatusCode.INVALID_ARGUMENT,
+         ["64 characters", "100004"]),
+        ("job_id", join_request("a3c-nosuchjob"), grpc.StatusCode.NOT_FOUND,
+         ["'a3c-nosuchjob'", job_id]),
+        ("role", join_request(job_id, pb.JOINING_ROLE_UNSPECIFIED),
+         grpc.StatusCode.INVALID_ARGUMENT, ["UNSPECIFIED"]),
+        ("role", join_request(job_id, 99), grpc.StatusCode.INVALID_ARGUMENT,
+         ["99", "worker, evaluator"]),
+    ]
+    with make_channel(a3c.address) as channel:
+        stub = pb_grpc.ParameterServerStub(channel)
+        for field, message, code, expected in cases:
+            err = rpc_error(lambda: list(stub.JoinJob(message, timeout=TIMEOUT)))
+            assert err.code() == code, (field, err.details())
+            assert err.details().startswith(f"{field}: "), err.details()
+            for text in expected:
+                assert text in err.details(), (text, err.details())
+    with pytest.raises(ValueError, match="'learner'.*worker, evaluator"):
+        a3c.client.join_job(job_id, "learner")
+    assert join_as_worker(a3c.address, job_id) == 0
+
+
+def test_nothing_runs_before_the_first_job(tmp_path):
+    host = JobHost(str(tmp_path), lambda job, _: None)
+    server, port = make_server(0, [add_parameter_server(host)])
+    try:
+        with contextlib.closing(ParameterClient(f"127.0.0.1:{port}", timeout=TIMEOUT)) as role:
+            err = rpc_error(role.running_job)
+            assert err.code() == grpc.StatusCode.NOT_FOUND
+            err = rpc_error(lambda: role.join_job("a3c-12345678"))
+            assert err.code() == grpc.StatusCode.NOT_FOUND
+            assert "'a3c-12345678' is not running; no job runs here now" in err.details()
+    finally:
+        server.stop(0)
 
 
 # --- the final model of a job that reaches target_return -----------------------------------

@@ -395,8 +395,10 @@ def test_a_local_run_answers_only_its_own_roles(port_base):
             stub = pb_grpc.ParameterServerStub(channel)
             for call in (lambda: stub.GetStatus(pb.StatusRequest(), timeout=10),
                          lambda: stub.Stop(pb.StopRequest(job_id="x"), timeout=10),
-                         lambda: list(stub.GetJob(pb.JobRequest(python_version="3.11"),
-                                                  timeout=10))):
+                         lambda: stub.GetRunningJob(pb.RunningJobRequest(), timeout=10),
+                         lambda: list(stub.JoinJob(pb.JoinJobRequest(
+                             job_id="x", python_version="3.11",
+                             role=pb.JOINING_ROLE_WORKER), timeout=10))):
                 with pytest.raises(grpc.RpcError) as info:
                     call()
                 assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED

@@ -118,10 +118,26 @@ def _job_ended(endpoint: Endpoint, job_id: str) -> bool:
         jobs.close()
 
 
-def _idle_loop(role: str, endpoint: Endpoint, work: Callable[[Any, Any, dict], None],
-               one_job: bool = False) -> None:
-    """Poll for a job, `work(params, job, state)` on it, go back to idle; forever, or until
-    the first job it worked on is over (`one_job`, a local run's roles: their errors raise)."""
+def _new_job(params: Any, joins_as: str, finished: set[str]) -> Any:
+    """The running job, joined as `joins_as`, unless this role finished it; None when there is
+    none to work on. Polling asks only what runs: the job itself is fetched once per job."""
+    try:
+        job_id = params.running_job().job_id
+        if job_id in finished:
+            return None
+        return params.join_job(job_id, joins_as)
+    except grpc.RpcError as err:     # NOT_FOUND: none runs (or it ended before we joined)
+        if err.code() not in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAVAILABLE,
+                              grpc.StatusCode.DEADLINE_EXCEEDED):
+            log.warning("cannot join a job: %s", err.details())
+        return None
+
+
+def _idle_loop(role: str, joins_as: str, endpoint: Endpoint,
+               work: Callable[[Any, Any, dict], None], one_job: bool = False) -> None:
+    """Poll for a job, join it as `joins_as` ("worker" or "evaluator"), `work(params, job,
+    state)` on it, go back to idle; forever, or until the first job it worked on is over
+    (`one_job`, a local run's roles: their errors raise)."""
     from drlbox.launch.processes import status_server
     from drlbox.rpc.parameter_client import ParameterClient
 
@@ -136,14 +152,8 @@ def _idle_loop(role: str, endpoint: Endpoint, work: Callable[[Any, Any, dict], N
                              security=endpoint.security)
     try:
         while not (one_job and finished):
-            try:
-                job = params.fetch_job()
-            except grpc.RpcError as err:
-                if err.code() not in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAVAILABLE,
-                                      grpc.StatusCode.DEADLINE_EXCEEDED):
-                    log.warning("cannot fetch a job: %s", err.details())
-                job = None
-            if job is None or job.job_id in finished:
+            job = _new_job(params, joins_as, finished)
+            if job is None:
                 time.sleep(IDLE_POLL_SECONDS)
                 continue
             state.update(state="running", job_id=job.job_id, counters={})
@@ -204,7 +214,7 @@ def run_worker(endpoint: Endpoint, name: str = "worker", one_job: bool = False) 
             if replay is not None:
                 replay.close()
 
-    _idle_loop(name, endpoint, work, one_job)
+    _idle_loop(name, "worker", endpoint, work, one_job)
 
 
 def run_evaluator(endpoint: Endpoint, one_job: bool = False) -> None:
@@ -226,7 +236,7 @@ def run_evaluator(endpoint: Endpoint, one_job: bool = False) -> None:
         finally:
             metrics.freeze()
 
-    _idle_loop("evaluator", endpoint, work, one_job)
+    _idle_loop("evaluator", "evaluator", endpoint, work, one_job)
 
 
 def run_replay(endpoint: Endpoint) -> None:

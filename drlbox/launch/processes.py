@@ -268,10 +268,11 @@ def replay_services(params: Any) -> Callable[[str], Any]:
 
     def make_service(job_id: str) -> Any:
         try:
-            running_id, settings = params.fetch_settings()
+            running = params.running_job()      # the settings are enough: it joins nothing
         except grpc.RpcError:
             return None
-        if running_id != job_id or not settings.get("replay_type"):
+        settings = running.settings
+        if running.job_id != job_id or not settings.get("replay_type"):
             return None
         log.info("replay memory for job %s (%s)", job_id, settings["replay_type"])
         return service_for(settings)

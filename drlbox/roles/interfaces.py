@@ -88,6 +88,8 @@ JOB_STATES = ("queued", "running", "done", "stopped", "cancelled", "failed")
 FINISHED_STATES = ("done", "stopped", "cancelled", "failed")
 # A rollout worker's or evaluator's state, served by its RoleStatus service (enum RoleState).
 ROLE_STATES = ("idle", "starting", "running", "done")
+# The roles that join a job (JoinJob, enum JoiningRole); only workers get a worker index.
+JOINING_ROLES = ("worker", "evaluator")
 
 
 @dataclass

@@ -19,6 +19,7 @@ MAX_NAME_CHARS = 64
 MAX_EVALUATION_EPISODES = 100_000
 MAX_REASON_CHARS = 1_000
 MAX_ADDRESS_CHARS = 255
+MAX_JOB_ID_CHARS = 64           # drlbox makes ids like "dqn-1a2b3c4d"
 _HOST_PORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):([0-9]{1,5})$")
 
 
@@ -112,3 +113,10 @@ def check_address(address: str) -> None:
     match = _HOST_PORT.match(address)
     need(match is not None and 1 <= int(match.group(2)) <= 65535, "address",
          f"must be host:port with a port from 1 to 65535, got {address[:80]!r}")
+
+
+def check_job_id(job_id: str) -> None:
+    """The id of a job a caller means to work on: given, and no longer than any drlbox makes."""
+    need(job_id != "", "job_id", "is empty; GetRunningJob names the job that runs")
+    need(len(job_id) <= MAX_JOB_ID_CHARS, "job_id",
+         f"at most {MAX_JOB_ID_CHARS} characters, got {len(job_id)}")

@@ -13,7 +13,7 @@ import collections
 import json
 import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import grpc
 import numpy as np
@@ -29,6 +29,7 @@ from drlbox.rpc.parameter_server import report_to_proto, status_from_proto
 from drlbox.rpc.security import Security
 from drlbox.rpc.server import make_channel
 from drlbox.rpc.sessions import ExchangeSession, Reply, SessionError
+from drlbox.rpc.states import joining_role_to_proto
 
 CALL_TIMEOUT = 120.0
 SHARD_WAIT_SECONDS = 600.0       # a lost shard may take a while to be replaced
@@ -75,6 +76,21 @@ class _Versions:
         return list(self._known.get(number, [-1] * count))
 
 
+class RunningJob(NamedTuple):
+    """The job a parameter server runs, as GetRunningJob tells it (no makers)."""
+
+    job_id: str
+    settings: dict          # its plain settings, with "rollout_spec" (None without replay)
+    shards: list            # (address, start, stop) of each slice; "" for slice 0's server
+
+
+def _running_job(message: pb.RunningJob) -> RunningJob:
+    settings = json.loads(message.config_json)
+    settings["rollout_spec"] = json.loads(message.rollout_spec_json or "null")
+    return RunningJob(message.job_id, settings,
+                      [(s.address, s.start, s.stop) for s in message.shards])
+
+
 class ParameterClient:
     """The parameter server over gRPC, with the same methods as the in-process object."""
 
@@ -97,28 +113,26 @@ class ParameterClient:
         self._others: list = []
 
     # --- the job -------------------------------------------------------------------------------
-    def fetch_job(self) -> Job:
-        """The job this server runs (its makers unpickled here); sets `worker_index`."""
-        chunks = list(self.stub.GetJob(pb.JobRequest(python_version=python_version()),
-                                       timeout=self.timeout))
-        self.job_id = chunks[0].job_id
-        self.worker_index = chunks[0].worker_index
-        self.compress_gradients = bool(json.loads(chunks[0].config_json).get(
-            "compress_gradients", False))
-        self._forget_weights()              # a new job: nothing held from the previous one
-        self._use_shards(chunks[0].shards)
-        return Job.decode(self.job_id, serde.join_chunks(c.makers for c in chunks))
+    def running_job(self) -> RunningJob:
+        """What the server runs now (its makers stay there); grpc.RpcError NOT_FOUND when no
+        job runs. Cheap and changes nothing: idle roles poll it."""
+        return _running_job(self.stub.GetRunningJob(pb.RunningJobRequest(),
+                                                    timeout=self.timeout))
 
-    def fetch_settings(self) -> tuple[str, dict]:
-        """(job_id, plain settings and "rollout_spec") of the running job, without unpickling
-        its makers."""
-        call = self.stub.GetJob(pb.JobRequest(python_version=python_version()),
-                                timeout=self.timeout)
-        first = next(call)
-        call.cancel()
-        settings = json.loads(first.config_json)
-        settings["rollout_spec"] = json.loads(first.rollout_spec_json or "null")
-        return first.job_id, settings
+    def join_job(self, job_id: str, role: str = "worker") -> Job:
+        """Join job_id as `role` ("worker" or "evaluator") and get the job with its makers
+        unpickled here; sets `worker_index` (workers only, else 0) and the shards to talk to.
+        grpc.RpcError NOT_FOUND when job_id is not the running job."""
+        chunks = list(self.stub.JoinJob(pb.JoinJobRequest(
+            job_id=job_id, python_version=python_version(), role=joining_role_to_proto(role)),
+            timeout=self.timeout))
+        joined = _running_job(chunks[0].job)
+        self.job_id = joined.job_id
+        self.worker_index = chunks[0].worker_index
+        self.compress_gradients = bool(joined.settings.get("compress_gradients", False))
+        self._forget_weights()              # a new job: nothing held from the previous one
+        self._use_shards(chunks[0].job.shards)
+        return Job.decode(self.job_id, serde.join_chunks(c.makers for c in chunks))
 
     def get_shards(self) -> pb.ShardMap:
         """Where each slice of the job's weights is served now."""

@@ -1,9 +1,11 @@
 """gRPC service of the parameter server and its shards; each call decodes, delegates, encodes.
 
 One servicer serves every process of a job's parameter server: the coordinator (slice 0, the
-job's counters, job discovery for workers and shard processes) and the shard processes (their
-slice, and its snapshots). The job table it is given says what runs here (`JobHost` in a
-parameter server, local or in a cluster; `ShardTable` in a shard process; see roles.job_tables).
+job's counters, job discovery) and the shard processes (their slice, and its snapshots). Job
+discovery is two calls: GetRunningJob says what runs, cheaply, for idle roles to poll; JoinJob
+hands over the pickled job (and a worker index) once per job a role works on. The job table
+it is given says what runs here (`JobHost` in a parameter server, local or in a cluster;
+`ShardTable` in a shard process; see roles.job_tables).
 Exchange sessions read their frames in place (`serde.decode_frame`) rather than through
 protobuf, which would copy every slice twice.
 """
@@ -20,11 +22,12 @@ from google.protobuf.message import DecodeError
 from drlbox.jobs import Job, check_python_version
 from drlbox.roles.interfaces import (Checkpoint, Evaluation, JobStatus, PushResult, ShardReply,
                                      WorkerReport)
-from drlbox.roles.limits import Mismatch, NotFound, Refused, TooLarge
+from drlbox.roles.limits import Mismatch, NotFound, Refused, TooLarge, check_job_id
 from drlbox.rpc import serde
 from drlbox.rpc.generated import parameter_server_pb2 as pb
 from drlbox.rpc.handlers import Blocking, service_handler
-from drlbox.rpc.states import job_state_from_proto, job_state_to_proto
+from drlbox.rpc.states import (job_state_from_proto, job_state_to_proto,
+                               joining_role_from_proto)
 
 SERVICE = "drlbox.v1.ParameterServer"
 
@@ -107,6 +110,7 @@ class ParameterServerServicer:
         self.blocking = Blocking(threads=8, name="parameter-server")
         self._cache_lock = threading.Lock()
         self._job_bytes: tuple = (None, b"")    # (job_id, encoded job) of the running job
+        self._job_json: tuple = (None, "", "")  # (job_id, settings, rollout spec) as JSON
         self._weight_frames: dict = {}          # (job, slice) -> (versions, data frames)
 
     # --- finding the job -------------------------------------------------------------------
@@ -136,25 +140,58 @@ class ParameterServerServicer:
                 self._job_bytes = (job.job_id, job.encode())
             return self._job_bytes[1]
 
-    def _join(self, python: str) -> tuple[list, int]:
-        try:
-            check_python_version(python[:20], who="the caller")
-        except RuntimeError as err:
-            raise Mismatch(str(err)) from None
+    def _plain_job(self, job: Job, server: Any) -> pb.RunningJob:
+        """The job without its makers; the JSON is cached per job (idle roles poll this)."""
+        with self._cache_lock:
+            if self._job_json[0] != job.job_id:
+                self._job_json = (job.job_id, job.settings_json(),
+                                  json.dumps(server.rollout_spec))
+            _, config_json, rollout_spec_json = self._job_json
+        return pb.RunningJob(job_id=job.job_id, config_json=config_json,
+                             shards=shard_infos(server.shard_map()),
+                             rollout_spec_json=rollout_spec_json)
+
+    def _running_job(self) -> pb.RunningJob:
         running = self.jobs.running()
         if running is None:
             raise NotFound("no job runs here now; waiting for one")
+        return self._plain_job(*running)
+
+    async def GetRunningJob(self, request, context) -> pb.RunningJob:
+        return await self.blocking.run(self._running_job)
+
+    def _join(self, job_id: str, python: str, role_number: int) -> tuple[list, pb.JobChunk]:
+        """The pieces of the pickled job and its first chunk; every field is checked first,
+        so a refused call uses up no worker index."""
+        try:
+            role = joining_role_from_proto(role_number)
+        except ValueError as err:
+            raise Refused(f"role: {err}") from None
+        check_job_id(job_id)
+        try:
+            check_python_version(python[:20], who="the caller")
+        except RuntimeError as err:
+            raise Mismatch(f"python_version: {err}") from None
+        running = self.jobs.running()
+        if running is None or running[0].job_id != job_id:
+            where = (f"job {running[0].job_id!r} runs now" if running is not None
+                     else "no job runs here now")
+            raise NotFound(f"job_id: job {job_id!r} is not running; {where}")
         job, server = running
-        first = dict(job_id=job.job_id, config_json=job.settings_json(),
-                     worker_index=self.jobs.next_worker_index(job.job_id),
-                     shards=shard_infos(server.shard_map()),
-                     rollout_spec_json=json.dumps(server.rollout_spec))
+        first = pb.JobChunk(job=self._plain_job(job, server))
+        if role == "worker":
+            first.worker_index = self.jobs.next_worker_index(job_id)
         return serde.split_chunks(self._encoded_job(job)), first
 
-    async def GetJob(self, request, context) -> AsyncIterator[pb.JobChunk]:
-        pieces, first = await self.blocking.run(self._join, request.python_version)
+    async def JoinJob(self, request, context) -> AsyncIterator[pb.JobChunk]:
+        pieces, first = await self.blocking.run(self._join, request.job_id,
+                                                request.python_version, request.role)
         for i, piece in enumerate(pieces):
-            yield pb.JobChunk(makers=piece, **first) if i == 0 else pb.JobChunk(makers=piece)
+            if i == 0:
+                first.makers = piece
+                yield first
+            else:
+                yield pb.JobChunk(makers=piece)
 
     def _shard_map(self, job_id: str) -> pb.ShardMap:
         server = self._server(job_id)

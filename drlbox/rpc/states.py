@@ -1,15 +1,15 @@
-"""Job and role states: lowercase strings in Python, enums on the wire.
+"""Job and role states, and joining roles: lowercase strings in Python, enums on the wire.
 
-Users compare strings (`status.state == "done"`); messages carry the JobState and RoleState
-enums. The state tuples in drlbox.roles.interfaces are the one list of states: each name maps
-to the enum value `<PREFIX><NAME>` (JOB_STATE_DONE), and this is the only place that converts.
-A state outside the tuple is refused both ways, never sent or shown as a guess.
+Users compare strings (`status.state == "done"`); messages carry the JobState, RoleState and
+JoiningRole enums. The tuples in drlbox.roles.interfaces are the one list of names: each name
+maps to the enum value `<PREFIX><NAME>` (JOB_STATE_DONE), and this is the only place that
+converts. A name outside the tuple is refused both ways, never sent or shown as a guess.
 """
 from __future__ import annotations
 
 from typing import Any
 
-from drlbox.roles.interfaces import JOB_STATES, ROLE_STATES
+from drlbox.roles.interfaces import JOB_STATES, JOINING_ROLES, ROLE_STATES
 from drlbox.rpc.generated import parameter_server_pb2 as ps_pb
 from drlbox.rpc.generated import status_pb2 as status_pb
 
@@ -46,6 +46,7 @@ class StateEnum:
 
 JOB_STATE = StateEnum("job state", JOB_STATES, ps_pb.JobState, "JOB_STATE_")
 ROLE_STATE = StateEnum("role state", ROLE_STATES, status_pb.RoleState, "ROLE_STATE_")
+JOINING_ROLE = StateEnum("joining role", JOINING_ROLES, ps_pb.JoiningRole, "JOINING_ROLE_")
 
 
 def job_state_to_proto(state: str) -> int:
@@ -66,3 +67,13 @@ def role_state_to_proto(state: str) -> int:
 def role_state_from_proto(number: int) -> str:
     """ROLE_STATE_IDLE -> "idle"."""
     return ROLE_STATE.from_proto(number)
+
+
+def joining_role_to_proto(role: str) -> int:
+    """"worker" -> JOINING_ROLE_WORKER."""
+    return JOINING_ROLE.to_proto(role)
+
+
+def joining_role_from_proto(number: int) -> str:
+    """JOINING_ROLE_WORKER -> "worker"."""
+    return JOINING_ROLE.from_proto(number)

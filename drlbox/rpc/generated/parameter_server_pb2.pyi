@@ -8,6 +8,12 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class JoiningRole(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    JOINING_ROLE_UNSPECIFIED: _ClassVar[JoiningRole]
+    JOINING_ROLE_WORKER: _ClassVar[JoiningRole]
+    JOINING_ROLE_EVALUATOR: _ClassVar[JoiningRole]
+
 class JobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     JOB_STATE_UNSPECIFIED: _ClassVar[JobState]
@@ -17,6 +23,9 @@ class JobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     JOB_STATE_STOPPED: _ClassVar[JobState]
     JOB_STATE_CANCELLED: _ClassVar[JobState]
     JOB_STATE_FAILED: _ClassVar[JobState]
+JOINING_ROLE_UNSPECIFIED: JoiningRole
+JOINING_ROLE_WORKER: JoiningRole
+JOINING_ROLE_EVALUATOR: JoiningRole
 JOB_STATE_UNSPECIFIED: JobState
 JOB_STATE_QUEUED: JobState
 JOB_STATE_RUNNING: JobState
@@ -25,11 +34,19 @@ JOB_STATE_STOPPED: JobState
 JOB_STATE_CANCELLED: JobState
 JOB_STATE_FAILED: JobState
 
-class JobRequest(_message.Message):
-    __slots__ = ("python_version",)
+class RunningJobRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class JoinJobRequest(_message.Message):
+    __slots__ = ("job_id", "python_version", "role")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
     PYTHON_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
     python_version: str
-    def __init__(self, python_version: _Optional[str] = ...) -> None: ...
+    role: JoiningRole
+    def __init__(self, job_id: _Optional[str] = ..., python_version: _Optional[str] = ..., role: _Optional[_Union[JoiningRole, str]] = ...) -> None: ...
 
 class ShardInfo(_message.Message):
     __slots__ = ("address", "start", "stop")
@@ -41,21 +58,27 @@ class ShardInfo(_message.Message):
     stop: int
     def __init__(self, address: _Optional[str] = ..., start: _Optional[int] = ..., stop: _Optional[int] = ...) -> None: ...
 
-class JobChunk(_message.Message):
-    __slots__ = ("job_id", "config_json", "makers", "worker_index", "shards", "rollout_spec_json")
+class RunningJob(_message.Message):
+    __slots__ = ("job_id", "config_json", "shards", "rollout_spec_json")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
-    MAKERS_FIELD_NUMBER: _ClassVar[int]
-    WORKER_INDEX_FIELD_NUMBER: _ClassVar[int]
     SHARDS_FIELD_NUMBER: _ClassVar[int]
     ROLLOUT_SPEC_JSON_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     config_json: str
-    makers: bytes
-    worker_index: int
     shards: _containers.RepeatedCompositeFieldContainer[ShardInfo]
     rollout_spec_json: str
-    def __init__(self, job_id: _Optional[str] = ..., config_json: _Optional[str] = ..., makers: _Optional[bytes] = ..., worker_index: _Optional[int] = ..., shards: _Optional[_Iterable[_Union[ShardInfo, _Mapping]]] = ..., rollout_spec_json: _Optional[str] = ...) -> None: ...
+    def __init__(self, job_id: _Optional[str] = ..., config_json: _Optional[str] = ..., shards: _Optional[_Iterable[_Union[ShardInfo, _Mapping]]] = ..., rollout_spec_json: _Optional[str] = ...) -> None: ...
+
+class JobChunk(_message.Message):
+    __slots__ = ("job", "makers", "worker_index")
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    MAKERS_FIELD_NUMBER: _ClassVar[int]
+    WORKER_INDEX_FIELD_NUMBER: _ClassVar[int]
+    job: RunningJob
+    makers: bytes
+    worker_index: int
+    def __init__(self, job: _Optional[_Union[RunningJob, _Mapping]] = ..., makers: _Optional[bytes] = ..., worker_index: _Optional[int] = ...) -> None: ...
 
 class ShardsRequest(_message.Message):
     __slots__ = ("job_id",)

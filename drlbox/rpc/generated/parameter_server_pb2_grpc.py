@@ -34,9 +34,14 @@ class ParameterServerStub:
         Args:
             channel: A grpc.Channel.
         """
-        self.GetJob = channel.unary_stream(
-                '/drlbox.v1.ParameterServer/GetJob',
-                request_serializer=drlbox_dot_v1_dot_parameter__server__pb2.JobRequest.SerializeToString,
+        self.GetRunningJob = channel.unary_unary(
+                '/drlbox.v1.ParameterServer/GetRunningJob',
+                request_serializer=drlbox_dot_v1_dot_parameter__server__pb2.RunningJobRequest.SerializeToString,
+                response_deserializer=drlbox_dot_v1_dot_parameter__server__pb2.RunningJob.FromString,
+                _registered_method=True)
+        self.JoinJob = channel.unary_stream(
+                '/drlbox.v1.ParameterServer/JoinJob',
+                request_serializer=drlbox_dot_v1_dot_parameter__server__pb2.JoinJobRequest.SerializeToString,
                 response_deserializer=drlbox_dot_v1_dot_parameter__server__pb2.JobChunk.FromString,
                 _registered_method=True)
         self.Exchange = channel.stream_stream(
@@ -84,9 +89,17 @@ class ParameterServerStub:
 class ParameterServerServicer:
     """Missing associated documentation comment in .proto file."""
 
-    def GetJob(self, request, context):
-        """The running job, once every slice of its weights is served: plain settings as JSON, the
-        user's makers as cloudpickle bytes, and where each slice is served.
+    def GetRunningJob(self, request, context):
+        """What runs now, once every slice of its weights is served: the job's id, plain settings
+        and where each slice is served. Cheap, and changes nothing: idle roles poll it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def JoinJob(self, request, context):
+        """Join the running job: the same, plus the user's makers as cloudpickle bytes and, for a
+        worker, a fresh index in the job. A role calls it once per job it works on.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -150,9 +163,14 @@ class ParameterServerServicer:
 
 def add_ParameterServerServicer_to_server(servicer, server):
     rpc_method_handlers = {
-            'GetJob': grpc.unary_stream_rpc_method_handler(
-                    servicer.GetJob,
-                    request_deserializer=drlbox_dot_v1_dot_parameter__server__pb2.JobRequest.FromString,
+            'GetRunningJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRunningJob,
+                    request_deserializer=drlbox_dot_v1_dot_parameter__server__pb2.RunningJobRequest.FromString,
+                    response_serializer=drlbox_dot_v1_dot_parameter__server__pb2.RunningJob.SerializeToString,
+            ),
+            'JoinJob': grpc.unary_stream_rpc_method_handler(
+                    servicer.JoinJob,
+                    request_deserializer=drlbox_dot_v1_dot_parameter__server__pb2.JoinJobRequest.FromString,
                     response_serializer=drlbox_dot_v1_dot_parameter__server__pb2.JobChunk.SerializeToString,
             ),
             'Exchange': grpc.stream_stream_rpc_method_handler(
@@ -207,7 +225,34 @@ class ParameterServer:
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod
-    def GetJob(request,
+    def GetRunningJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/drlbox.v1.ParameterServer/GetRunningJob',
+            drlbox_dot_v1_dot_parameter__server__pb2.RunningJobRequest.SerializeToString,
+            drlbox_dot_v1_dot_parameter__server__pb2.RunningJob.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def JoinJob(request,
             target,
             options=(),
             channel_credentials=None,
@@ -220,8 +265,8 @@ class ParameterServer:
         return grpc.experimental.unary_stream(
             request,
             target,
-            '/drlbox.v1.ParameterServer/GetJob',
-            drlbox_dot_v1_dot_parameter__server__pb2.JobRequest.SerializeToString,
+            '/drlbox.v1.ParameterServer/JoinJob',
+            drlbox_dot_v1_dot_parameter__server__pb2.JoinJobRequest.SerializeToString,
             drlbox_dot_v1_dot_parameter__server__pb2.JobChunk.FromString,
             options,
             channel_credentials,
