@@ -28,6 +28,7 @@ from drlbox.rpc.security import Security
 
 log = logging.getLogger(__name__)
 IDLE_POLL_SECONDS = 1.0
+FIRST_POLL_SECONDS = 0.1     # an idle role's first polls (see _idle_loop)
 # A worker may wait this long for a restarting parameter server before it gives up the job.
 CALL_TIMEOUT = 180.0
 
@@ -151,11 +152,15 @@ def _idle_loop(role: str, joins_as: str, endpoint: Endpoint,
     params = ParameterClient(endpoint.ps_address, timeout=CALL_TIMEOUT,
                              security=endpoint.security)
     try:
+        wait = FIRST_POLL_SECONDS
         while not (one_job and finished):
             job = _new_job(params, joins_as, finished)
             if job is None:
-                time.sleep(IDLE_POLL_SECONDS)
+                # Soon at first (a job is often being built as a role starts), then at ease.
+                time.sleep(wait)
+                wait = min(wait * 1.5, IDLE_POLL_SECONDS)
                 continue
+            wait = FIRST_POLL_SECONDS
             state.update(state="running", job_id=job.job_id, counters={})
             log.log(NOTICE, "%s joined job %s", role, job.job_id)
             try:

@@ -15,7 +15,7 @@ from drlbox.rpc.handlers import refusal
 from drlbox.rpc.health import add_health
 from drlbox.rpc.security import AUTH_KEY, Security, TokenInterceptor
 
-PROTOCOL_VERSION = "4"   # 4: job and role states travel as enums (JobState, RoleState)
+PROTOCOL_VERSION = "4"   # 4: states travel as enums; jobs are found by GetRunningJob + JoinJob
 PROTOCOL_KEY = "drlbox-protocol"
 # Payloads travel in 1 MiB chunks; the limit only guards against abuse.
 MAX_MESSAGE_BYTES = 16 << 20
