@@ -14,7 +14,7 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import cartpole, small_features
+from conftest import cartpole, small_features, wait_until
 from drlbox.evaluator import make_evaluator
 from drlbox.rpc.server import PortInUseError
 from drlbox.trainer import make_trainer
@@ -358,6 +358,18 @@ def test_a_dead_parameter_server_is_a_clear_error(port_base):
     assert role_pids(base) == []
 
 
+def _running_job_id(client) -> str | None:
+    """The id of the job the client's parameter server runs, None while it has none yet."""
+    import grpc
+
+    try:
+        return client.status().job_id
+    except grpc.RpcError as err:
+        if err.code() != grpc.StatusCode.NOT_FOUND:
+            raise
+        return None
+
+
 def test_a_local_run_answers_only_its_own_roles(port_base):
     """Another local user can read every process's command line, not its environment: the
     run's token travels in the environment and every call without it is refused."""
@@ -408,7 +420,8 @@ def test_a_local_run_answers_only_its_own_roles(port_base):
             security = Security(token=token.decode())
             with contextlib.closing(ParameterClient(f"127.0.0.1:{base}", timeout=10,
                                                     security=security)) as anyone:
-                job_id = anyone.status().job_id
+                # The server answers before it has built the job it was handed.
+                job_id = wait_until(lambda: _running_job_id(anyone), 120, "the run's job")
             with contextlib.closing(ParameterClient(f"127.0.0.1:{base}", job_id, timeout=10,
                                                     security=security)) as owner:
                 owner.stop("the test is done")
