@@ -28,7 +28,7 @@ from drlbox.rpc.security import Security
 
 log = logging.getLogger(__name__)
 IDLE_POLL_SECONDS = 1.0
-FIRST_POLL_SECONDS = 0.1     # an idle role's first polls (see _idle_loop)
+FIRST_POLL_SECONDS = 0.05    # an idle role's first polls (see _idle_loop)
 # A worker may wait this long for a restarting parameter server before it gives up the job.
 CALL_TIMEOUT = 180.0
 
@@ -93,6 +93,7 @@ def run_parameter_server(endpoint: Endpoint, data_dir: str, shards: int = 1, *,
                               daemon=True)
     engine.start()
     done.wait()
+    host.wake()
     if end_jobs_on_exit:
         host.end_current("parameter server terminated")
     else:       # not the job's end: checkpoint it so that a restarted server resumes it

@@ -33,10 +33,11 @@ REAP_INTERVAL = 0.05
 # --- the fork server process --------------------------------------------------------------
 
 # What the roles import: loaded once here, shared by every child.
-PRELOAD = ("drlbox.algorithms", "drlbox.launch.shard", "drlbox.ops.fast_forward",
-           "drlbox.roles.evaluator", "drlbox.roles.param_server", "drlbox.roles.replay",
-           "drlbox.roles.worker", "drlbox.rpc.parameter_client", "drlbox.rpc.parameter_server",
-           "drlbox.rpc.replay", "drlbox.metrics", "gymnasium")
+PRELOAD = ("drlbox.algorithms", "drlbox.launch.entrypoints", "drlbox.launch.shard",
+           "drlbox.ops.fast_forward", "drlbox.roles.evaluator", "drlbox.roles.job_host",
+           "drlbox.roles.param_server", "drlbox.roles.replay", "drlbox.roles.worker",
+           "drlbox.rpc.job_control", "drlbox.rpc.parameter_client",
+           "drlbox.rpc.parameter_server", "drlbox.rpc.replay", "drlbox.metrics", "gymnasium")
 
 
 def _preload() -> None:

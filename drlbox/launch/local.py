@@ -154,6 +154,12 @@ class LocalRun:
     def start_parameter_server(self, port: int) -> str:
         """Start the parameter server (the job host) and its shards; its address once it
         serves."""
+        address = self._spawn_parameter_server(port)
+        self._wait_started("parameter-server", address)
+        return address
+
+    def _spawn_parameter_server(self, port: int) -> str:
+        """Start the parameter server (the job host) and its shards; its address."""
         if not self._data_dir:
             self._make_run_files()
         ps_address = f"{HOST}:{port}"
@@ -165,7 +171,6 @@ class LocalRun:
         self._restart["parameter-server"]()
         for k in range(1, self.config.ps_shards):
             self._spawn_shard(k)
-        self._wait_started("parameter-server", ps_address)
         return ps_address
 
     def submit(self) -> str:
@@ -183,9 +188,9 @@ class LocalRun:
 
     def _start_roles(self, ports: dict[str, int]) -> str:
         cfg = self.config
-        ps_address = self.start_parameter_server(ports["parameter server"])
-        self.submit()
-        # The other roles find the job as they would in a cluster (they poll for it).
+        ps_address = self._spawn_parameter_server(ports["parameter server"])
+        # Every role starts at once: the others find the job as they would in a cluster,
+        # polling until the parameter server is up and has built it.
         replay_address = f"{HOST}:{ports['replay server']}" if cfg.uses_replay else None
         self._restart.update({
             "replay-server": lambda: self._spawn(
@@ -202,6 +207,8 @@ class LocalRun:
                         metrics_port=local_metrics_port(3 + i))
         if cfg.eval_interval:
             self._restart["evaluator"]()
+        self._wait_started("parameter-server", ps_address)
+        self.submit()
         if replay_address:
             self._wait_started("replay-server", replay_address)
         return ps_address

@@ -87,7 +87,7 @@ class JobHost:
                                      "submitted_at": time.time(), "status": None}
             self._queue.append(job_id)
             self._save_record(job_id)
-        self._wake.set()
+        self.wake()
         log.info("job %s queued (%d in the queue)", job_id, len(self._queue))
         return self.status(job_id)
 
@@ -197,8 +197,13 @@ class JobHost:
                           f"{sorted({c.global_steps for c in saved})}")
 
     # --- the queue's engine --------------------------------------------------------------
+    def wake(self) -> None:
+        """Have `serve_forever` look at once (a submission, or `stop` set)."""
+        self._wake.set()
+
     def serve_forever(self, stop: threading.Event, poll: float = 0.2) -> None:
-        """Start queued jobs one at a time and record how they end, until `stop` is set."""
+        """Start queued jobs one at a time and record how they end, until `stop` is set (then
+        call `wake`)."""
         while not stop.is_set():
             self.step()
             self._wake.wait(poll)
