@@ -93,9 +93,15 @@ def start_servers(config, port_begin: int):
     from drlbox.launch.local import LocalRun
     from drlbox.rpc.parameter_client import ParameterClient
 
+    from drlbox.rpc.job_control import JobControlClient
+
     run = LocalRun(config)
     address = run.start_parameter_server(port_begin)
     run.submit()
+    jobs = JobControlClient(address, run_security(run))
+    while jobs.status(run.job_id, timeout=30.0).state == "queued":    # being built
+        time.sleep(0.1)
+    jobs.close()
     client = ParameterClient(address, run.job_id, timeout=120.0, security=run_security(run))
     client.get_weights(-1)          # waits until every shard serves
     client.close()
