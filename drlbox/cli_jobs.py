@@ -288,7 +288,7 @@ def status_text(s: Any) -> str:
         more = f" (last 5 of {len(s.evaluations)})" if len(s.evaluations) > 5 else ""
         lines.append(("evaluations", f"mean return {shown} steps{more}"))
     if s.checkpoints:
-        latest = max(s.checkpoints, key=lambda c: c.global_steps)
+        latest = s.checkpoints[-1]          # the last saved (a finished job's final model)
         lines.append(("checkpoint", f"{os.path.basename(latest.path)} at "
                                     f"{latest.global_steps:,} steps ({len(s.checkpoints)} saved; "
                                     f"`drlbox fetch {s.job_id}` downloads it)"))

@@ -99,9 +99,15 @@ def test_job_trains_and_its_checkpoint_loads_and_evaluates(client, tmp_path):
     assert metrics["steps_per_sec"] > 0 and "policy_loss" in metrics["losses"]
     # Two workers push in turn: each one's weights lag by about the other's update.
     assert 0.0 <= metrics["staleness"] <= 4.0 and "staleness" not in metrics["losses"]
-    steps = [c.global_steps for c in job.checkpoints()]
-    assert steps == sorted(steps) and steps[0] >= 1000
-    path = job.fetch_checkpoint(path=str(tmp_path))
+    saved = job.checkpoints()
+    steps = [c.global_steps for c in saved]
+    # Periodic checkpoints in step order, then the final model: the weights the evaluation
+    # judged, which may be older than the last periodic checkpoint saved while it played.
+    assert steps[:-1] == sorted(steps[:-1]) and steps[0] >= 1000
+    assert os.path.basename(saved[-1].path) == "model_final.keras"
+    # (No older than the evaluation that ended the job: its weights, or newer ones.)
+    assert metrics["evaluations"][-1][0] <= steps[-1] <= status.global_steps
+    path = job.fetch_checkpoint(path=str(tmp_path))     # the newest save: the final model
     assert os.path.basename(path) == f"{job.job_id}_model_final.keras"
     model = keras.models.load_model(path, compile=False)
     assert model.count_params() > 0

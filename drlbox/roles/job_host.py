@@ -189,7 +189,9 @@ class JobHost:
         if not saved:
             raise LookupError(f"job {job_id!r} has no checkpoint yet")
         if global_steps is None:
-            return max(enumerate(saved), key=lambda ic: (ic[1].global_steps, ic[0]))[1]
+            # The last saved, which for a finished job is its final model, even when that holds
+            # the weights an evaluation judged, older than the last periodic checkpoint.
+            return saved[-1]
         for checkpoint in saved:
             if checkpoint.global_steps == global_steps:
                 return checkpoint
