@@ -49,7 +49,7 @@ from drlbox.rpc.replay import ReplayClient  # noqa: E402
 from drlbox.rpc.security import Security  # noqa: E402
 from drlbox.rpc.server import (PROTOCOL_KEY, PROTOCOL_VERSION, make_channel,  # noqa: E402
                                wait_healthy)
-from drlbox.rpc.states import job_state_from_proto  # noqa: E402
+from drlbox.rpc.states import JOB_STATE  # noqa: E402
 
 TOKEN = "chaos-fuzz-token-5d1e"
 START_TIMEOUT = 180.0
@@ -460,7 +460,7 @@ class Cluster:
 
     def _ensure_job(self, notes: collections.Counter) -> None:
         jobs = self.jc_stub.ListJobs(jc_pb.ListJobsRequest(), timeout=30).jobs
-        states = {j.job_id: job_state_from_proto(j.state) for j in jobs}
+        states = {j.job_id: JOB_STATE.from_proto(j.state) for j in jobs}
         for job_id, state in states.items():
             # Jobs a fuzzed Submit queued, or one of them that started: not ours.
             if state in ("queued", "running") and job_id not in (self.job_id, self.spare_id):
@@ -490,7 +490,7 @@ class Cluster:
         while time.monotonic() < deadline:
             try:
                 status = self.ps_stub.GetStatus(ps_pb.StatusRequest(job_id=job_id), timeout=10)
-                state = job_state_from_proto(status.state)
+                state = JOB_STATE.from_proto(status.state)
                 if state == "running" and self.ps_stub.GetShards(
                         ps_pb.ShardsRequest(job_id=job_id), timeout=10).complete:
                     return True

@@ -15,8 +15,7 @@ from drlbox.rpc.generated import parameter_server_pb2 as pb
 from drlbox.rpc.generated import status_pb2
 from drlbox.rpc.parameter_server import status_from_proto, status_to_proto
 from drlbox.rpc.server import make_server
-from drlbox.rpc.states import (job_state_from_proto, job_state_to_proto, role_state_from_proto,
-                               role_state_to_proto)
+from drlbox.rpc.states import JOB_STATE, ROLE_STATE
 from drlbox.rpc.status import add_role_status, get_role_status
 
 
@@ -138,16 +137,16 @@ def test_finished_states_are_job_states():
 
 @pytest.mark.parametrize("state", JOB_STATES)
 def test_every_job_state_round_trips(state):
-    number = job_state_to_proto(state)
+    number = JOB_STATE.to_proto(state)
     assert pb.JobState.Name(number) == "JOB_STATE_" + state.upper()
-    assert job_state_from_proto(number) == state
+    assert JOB_STATE.from_proto(number) == state
     status = status_from_proto(status_to_proto(JobStatus(job_id="j", state=state)))
     assert status.state == state and status.finished == (state in FINISHED_STATES)
 
 
 @pytest.mark.parametrize("state", ROLE_STATES)
 def test_every_role_state_round_trips(state):
-    assert role_state_from_proto(role_state_to_proto(state)) == state
+    assert ROLE_STATE.from_proto(ROLE_STATE.to_proto(state)) == state
 
 
 @pytest.mark.parametrize("bad", ["Done", "finished", "", None])
@@ -156,7 +155,7 @@ def test_an_unknown_state_is_refused_by_name(bad):
                                          "queued, running, done"):
         status_to_proto(JobStatus(job_id="j", state=bad))
     with pytest.raises(ValueError, match=f"unknown role state {bad!r}"):
-        role_state_to_proto(bad)
+        ROLE_STATE.to_proto(bad)
 
 
 def test_a_message_without_a_state_or_with_a_newer_one_is_refused():
@@ -167,7 +166,7 @@ def test_a_message_without_a_state_or_with_a_newer_one_is_refused():
         status_from_proto(pb.JobStatus.FromString(pb.JobStatus(job_id="j", state=42)
                                                   .SerializeToString()))
     with pytest.raises(ValueError, match="unknown role state 9"):
-        role_state_from_proto(9)
+        ROLE_STATE.from_proto(9)
 
 
 # --- a role's status over gRPC -------------------------------------------------------------

@@ -29,7 +29,7 @@ from drlbox.rpc.parameter_server import report_to_proto, status_from_proto
 from drlbox.rpc.security import Security
 from drlbox.rpc.server import make_channel
 from drlbox.rpc.sessions import ExchangeSession, Reply, SessionError
-from drlbox.rpc.states import joining_role_to_proto
+from drlbox.rpc.states import JOINING_ROLE
 
 CALL_TIMEOUT = 120.0
 SHARD_WAIT_SECONDS = 600.0       # a lost shard may take a while to be replaced
@@ -124,7 +124,7 @@ class ParameterClient:
         unpickled here; sets `worker_index` (workers only, else 0) and the shards to talk to.
         grpc.RpcError NOT_FOUND when job_id is not the running job."""
         chunks = list(self.stub.JoinJob(pb.JoinJobRequest(
-            job_id=job_id, python_version=python_version(), role=joining_role_to_proto(role)),
+            job_id=job_id, python_version=python_version(), role=JOINING_ROLE.to_proto(role)),
             timeout=self.timeout))
         joined = _running_job(chunks[0].job)
         self.job_id = joined.job_id

@@ -26,8 +26,7 @@ from drlbox.roles.limits import Mismatch, NotFound, Refused, TooLarge, check_job
 from drlbox.rpc import serde
 from drlbox.rpc.generated import parameter_server_pb2 as pb
 from drlbox.rpc.handlers import Blocking, service_handler
-from drlbox.rpc.states import (job_state_from_proto, job_state_to_proto,
-                               joining_role_from_proto)
+from drlbox.rpc.states import JOB_STATE, JOINING_ROLE
 
 SERVICE = "drlbox.v1.ParameterServer"
 
@@ -41,7 +40,7 @@ _STATUS_LISTS = {"evaluations": (Evaluation, pb.Evaluation),
 def status_to_proto(s: JobStatus) -> pb.JobStatus:
     """JobStatus dataclass -> message; ValueError naming the state if it is not a job state."""
     values = {f.name: getattr(s, f.name) for f in dataclasses.fields(JobStatus)}
-    values["state"] = job_state_to_proto(s.state)
+    values["state"] = JOB_STATE.to_proto(s.state)
     for name, (_, message) in _STATUS_LISTS.items():
         values[name] = [message(**dataclasses.asdict(item)) for item in values[name]]
     return pb.JobStatus(**values)
@@ -50,7 +49,7 @@ def status_to_proto(s: JobStatus) -> pb.JobStatus:
 def status_from_proto(m: pb.JobStatus) -> JobStatus:
     """Message -> JobStatus dataclass; ValueError naming the state if this drlbox has none."""
     values = {f.name: _plain_value(m, f.name) for f in dataclasses.fields(JobStatus)}
-    values["state"] = job_state_from_proto(m.state)
+    values["state"] = JOB_STATE.from_proto(m.state)
     for name, (item, _) in _STATUS_LISTS.items():
         values[name] = [_dataclass_of(item, message) for message in getattr(m, name)]
     return JobStatus(**values)
@@ -164,7 +163,7 @@ class ParameterServerServicer:
         """The pieces of the pickled job and its first chunk; every field is checked first,
         so a refused call uses up no worker index."""
         try:
-            role = joining_role_from_proto(role_number)
+            role = JOINING_ROLE.from_proto(role_number)
         except ValueError as err:
             raise Refused(f"role: {err}") from None
         check_job_id(job_id)

@@ -48,32 +48,3 @@ JOB_STATE = StateEnum("job state", JOB_STATES, ps_pb.JobState, "JOB_STATE_")
 ROLE_STATE = StateEnum("role state", ROLE_STATES, status_pb.RoleState, "ROLE_STATE_")
 JOINING_ROLE = StateEnum("joining role", JOINING_ROLES, ps_pb.JoiningRole, "JOINING_ROLE_")
 
-
-def job_state_to_proto(state: str) -> int:
-    """"done" -> JOB_STATE_DONE."""
-    return JOB_STATE.to_proto(state)
-
-
-def job_state_from_proto(number: int) -> str:
-    """JOB_STATE_DONE -> "done"."""
-    return JOB_STATE.from_proto(number)
-
-
-def role_state_to_proto(state: str) -> int:
-    """"idle" -> ROLE_STATE_IDLE."""
-    return ROLE_STATE.to_proto(state)
-
-
-def role_state_from_proto(number: int) -> str:
-    """ROLE_STATE_IDLE -> "idle"."""
-    return ROLE_STATE.from_proto(number)
-
-
-def joining_role_to_proto(role: str) -> int:
-    """"worker" -> JOINING_ROLE_WORKER."""
-    return JOINING_ROLE.to_proto(role)
-
-
-def joining_role_from_proto(number: int) -> str:
-    """JOINING_ROLE_WORKER -> "worker"."""
-    return JOINING_ROLE.from_proto(number)

@@ -9,7 +9,7 @@ from drlbox.rpc.generated import status_pb2_grpc as pb_grpc
 from drlbox.rpc.handlers import service_handler
 from drlbox.rpc.security import Security
 from drlbox.rpc.server import make_channel
-from drlbox.rpc.states import role_state_from_proto, role_state_to_proto
+from drlbox.rpc.states import ROLE_STATE
 
 StatusFn = Callable[[], tuple[str, str, str, dict]]   # -> (role, state, job_id, counters)
 
@@ -32,7 +32,7 @@ class RoleStatusServicer:
 
     async def Get(self, request, context) -> pb.RoleStatusReply:
         role, state, job_id, counters = self.status_fn()
-        return pb.RoleStatusReply(role=role, state=role_state_to_proto(state), job_id=job_id,
+        return pb.RoleStatusReply(role=role, state=ROLE_STATE.to_proto(state), job_id=job_id,
                                   counters={k: float(v) for k, v in counters.items()})
 
 
@@ -49,5 +49,5 @@ def get_role_status(address: str, timeout: float = 10.0,
     """Ask the role at address for its status."""
     with make_channel(address, security) as channel:
         reply = pb_grpc.RoleStatusStub(channel).Get(pb.RoleStatusRequest(), timeout=timeout)
-    return RoleStatus(reply.role, role_state_from_proto(reply.state), reply.job_id,
+    return RoleStatus(reply.role, ROLE_STATE.from_proto(reply.state), reply.job_id,
                       dict(reply.counters))
