@@ -107,6 +107,42 @@ class KillOnceAfter(gymnasium.Wrapper):
         return self.env.step(action)
 
 
+class SleepOnceAfter(gymnasium.Wrapper):
+    """Sleeps `seconds` after some steps; only the first process to claim the marker does."""
+
+    def __init__(self, env, marker, steps, seconds):
+        super().__init__(env)
+        self.marker, self.left, self.seconds = marker, steps, seconds
+
+    def step(self, action):
+        self.left -= 1
+        if self.left == 0:
+            try:
+                os.close(os.open(self.marker, os.O_CREAT | os.O_EXCL))
+                time.sleep(self.seconds)
+            except FileExistsError:
+                pass
+        return self.env.step(action)
+
+
+def test_a_push_that_arrives_after_the_end_still_counts(port_base, tmp_path, capfd,
+                                                        monkeypatch):
+    """One worker stalls mid-batch while the other ends the job; the stalled one's batch
+    arrives seconds after the end and is applied and counted all the same."""
+    import re
+
+    monkeypatch.setenv("DRLBOX_VERBOSE", "1")       # the workers log their pushes at the end
+    marker = str(tmp_path / "slept")
+    result = make_trainer("a3c", env_maker=lambda: SleepOnceAfter(cartpole(), marker, 100, 4.0),
+                          feature_maker=small_features, num_parallel=2, train_steps=1000,
+                          rollout_maxlen=8, batch_size=4, port_begin=port_base()).run()
+    assert os.path.exists(marker) and result.state == "done"
+    pushes = [int(n) for n in re.findall(r"worker \d done after \d+ env steps, (\d+) pushes",
+                                         capfd.readouterr().err)]
+    assert len(pushes) == 2, "a worker did not end normally: its last push was refused"
+    assert result.updates == sum(pushes)
+
+
 def test_a_killed_worker_does_not_stop_the_run(port_base, tmp_path, capfd):
     marker = str(tmp_path / "killed")
     result = make_trainer("a3c", env_maker=lambda: KillOnceAfter(cartpole(), marker, 300),

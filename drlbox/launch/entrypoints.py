@@ -73,7 +73,7 @@ def run_parameter_server(endpoint: Endpoint, data_dir: str, shards: int = 1, *,
     and has the error that stops a job from starting saved to `error_file` for its launcher.
     """
     from drlbox.launch.processes import PS_THREADS, build_parameter_server, save_start_error
-    from drlbox.roles.job_host import JobHost
+    from drlbox.roles.job_host import END_GRACE_SECONDS, JobHost
     from drlbox.rpc.job_control import add_job_control
     from drlbox.rpc.parameter_server import add_parameter_server
     from drlbox.rpc.server import make_server
@@ -81,7 +81,10 @@ def run_parameter_server(endpoint: Endpoint, data_dir: str, shards: int = 1, *,
     done = _wait_for_termination()
     host = JobHost(data_dir, lambda job, resume_file: build_parameter_server(
         job, resume_file, shards, endpoint.security), keep_save_dir=keep_save_dir,
-        on_start_error=(lambda err: save_start_error(error_file, err)) if error_file else None)
+        on_start_error=(lambda err: save_start_error(error_file, err)) if error_file else None,
+        # A local run's one job stays current until the run ends: nothing its workers send
+        # once it is over is lost, however long their last batch takes.
+        end_grace=None if end_jobs_on_exit else END_GRACE_SECONDS)
     server, port = make_server(endpoint.port, [add_parameter_server(host), add_job_control(host)],
                                host=endpoint.host, max_workers=PS_THREADS,
                                security=endpoint.security)

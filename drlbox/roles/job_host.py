@@ -25,6 +25,8 @@ from drlbox.roles.interfaces import Checkpoint, JobStatus
 
 log = logging.getLogger(__name__)
 MAX_JOB_BYTES = 64 << 20      # a job is makers and settings: anything near this is a mistake
+# How long an ended job stays current for what was on its way (pushes, an evaluation).
+END_GRACE_SECONDS = 2.0
 
 
 class JobRefused(ValueError):
@@ -40,15 +42,23 @@ class JobHost:
 
     `build_server(job, resume_file)` makes the job's `ParameterServer` (TensorFlow work);
     `on_start_error(err)`, when given, is told why a job could not start (else it is logged).
+
+    A job that has ended stays current for `end_grace` seconds (None: until `end_current`,
+    as in a local run), so that what its workers had on the way when it ended, their last
+    pushes and an evaluation being played, still counts; then its final model is saved again
+    with them and the next job starts.
     """
 
     def __init__(self, data_dir: str, build_server: Callable[[Job, str | None], Any],
                  keep_save_dir: bool = False,
-                 on_start_error: Callable[[BaseException], None] | None = None):
+                 on_start_error: Callable[[BaseException], None] | None = None,
+                 end_grace: float | None = END_GRACE_SECONDS):
         self.data_dir = os.path.abspath(data_dir)
         self._build_server = build_server
         self._keep_save_dir = keep_save_dir
         self._on_start_error = on_start_error
+        self._end_grace = end_grace
+        self._ended_at: float | None = None     # when the current job's end was first seen
         self._lock = threading.RLock()
         self._records: dict[str, dict] = {}
         self._queue: list[str] = []
@@ -100,8 +110,9 @@ class JobHost:
                 record.update(state="cancelled", message="cancelled before it started")
                 self._save_record(job_id)
             elif self._current and self._current[0].job_id == job_id:
+                running = self._current[1].state == "running"   # (not one that has ended)
                 self._current[1].stop("cancelled on request")
-                self._finish_current(cancelled=True)
+                self._finish_current(cancelled=running)
             return self.status(job_id)
 
     # --- what the servicers ask ----------------------------------------------------------
@@ -166,10 +177,11 @@ class JobHost:
         with self._lock:
             record = self._record(job_id)
             if self._current and self._current[0].job_id == job_id:
-                if self._current[1].state == "running":
-                    return self._current[1].status()
-                # Ended: record it, with its final save, before anyone is told it is over.
-                self._finish_current()
+                if self._note_end() is not None:    # recorded before anyone is told
+                    # With what arrived since the end saved: the final model has the steps
+                    # the status says.
+                    return self._current[1].save_final()
+                return self._current[1].status()
             if record["status"] is not None:
                 return JobStatus.from_dict(record["status"])
             position = self._queue.index(job_id) + 1 if job_id in self._queue else 0
@@ -212,9 +224,12 @@ class JobHost:
             self._wake.clear()
 
     def step(self) -> None:
-        """Record the end of the current job; start the next queued one when idle."""
+        """Record the end of the current job (and, after its grace, release it); start the next
+        queued one when idle."""
         with self._lock:
-            if self._current and self._current[1].state != "running":
+            ended_at = self._note_end()
+            if ended_at is not None and self._end_grace is not None and \
+                    time.monotonic() - ended_at >= self._end_grace:
                 self._finish_current()
             if self._current or not self._queue:
                 return
@@ -252,23 +267,39 @@ class JobHost:
                 self._finish_current()
 
     def suspend(self) -> None:
-        """Checkpoint the running job without ending it: a restart resumes it from here."""
+        """Checkpoint the running job without ending it: a restart resumes it from here. (A
+        job that has ended is released, with its final save.)"""
         with self._lock:
-            if self._current:
+            if self._note_end() is not None:
+                self._finish_current()
+            elif self._current:
                 self._current[1].save_now()
+
+    def _note_end(self) -> float | None:
+        """When the current job ended (None while it runs, or when there is none); the first
+        time its end is seen, record it, so that a restarted server does not resume it."""
+        if not self._current or self._current[1].state == "running":
+            return None
+        job, server = self._current
+        if self._ended_at is None:
+            self._ended_at = time.monotonic()
+            status = server.status()
+            self._records[job.job_id].update(state=status.state, message=status.message,
+                                             status=status.to_dict())
+            self._save_record(job.job_id)
+        return self._ended_at
 
     def _finish_current(self, cancelled: bool = False) -> None:
         job, server = self._current
         record = self._records[job.job_id]
-        if not cancelled:
-            server.save_final()     # with the last pushes that arrived after the end
-        status = server.status()
+        # With the last pushes that arrived after the end (not for a cancelled job).
+        status = server.status() if cancelled else server.save_final()
         if cancelled:
             status = dataclasses.replace(status, state="cancelled",
                                          message="cancelled on request")
         record.update(state=status.state, message=status.message, status=status.to_dict())
         self._save_record(job.job_id)
-        self._current = None
+        self._current, self._ended_at = None, None
         log.info("job %s %s: %s", job.job_id, status.state, status.message)
 
     # --- disk ----------------------------------------------------------------------------

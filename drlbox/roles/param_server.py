@@ -332,15 +332,17 @@ class ParameterServer:
                                                  self._train_seconds(),
                                                  list(self._checkpoints), states), self.history)
 
-    def save_final(self) -> None:
+    def save_final(self) -> JobStatus:
         """Save the final model again if pushes were applied after the job ended (its
-        workers' last batches), so that nothing they spent steps on is lost."""
+        workers' last batches), so that nothing they spent steps on is lost; the status it
+        was saved with (read at once: no push comes between)."""
         with self._lock:
             # (Not over the weights an evaluation judged: they are the final model.)
             if self._changed_after_end and self.config.save_dir and self._judged is None:
                 self._save(checkpoint_path(self.config.save_dir, None))
                 self._changed_after_end = False
             self._scalars.flush()
+            return self._status()
 
     def save_now(self) -> None:
         """Checkpoint the running job (weights, optimizer, counters) without ending it."""
@@ -382,23 +384,27 @@ class ParameterServer:
     def status(self) -> JobStatus:
         """A snapshot of the job's progress."""
         with self._lock:
-            history = self.history
-            recent = (float(np.mean(history.recent_returns)) if history.recent_returns
-                      else float("nan"))
-            message = self.message
-            if self.state == "running" and not self.ready:
-                missing = sum(a is None for a in self.slots.addresses())
-                message = f"waiting for {missing} parameter-server shard(s) to join"
-            return JobStatus(
-                job_id=self.job_id, state=self.state, message=message,
-                global_steps=self.global_steps, train_steps=self.config.train_steps,
-                updates=self.updates, version=self.shard0.version, episodes=history.episodes,
-                recent_return=recent, steps_per_sec=self._steps_per_sec,
-                wall_seconds=time.monotonic() - self._start,
-                train_seconds=self._train_seconds(),
-                evaluations=list(history.evaluations), checkpoints=list(self._checkpoints),
-                stats=dict(self._stats), recent_returns=list(history.recent_returns),
-                resumed_from_steps=self.resumed_from_steps, algorithm=self.config.algorithm)
+            return self._status()
+
+    def _status(self) -> JobStatus:
+        """status(), the lock held."""
+        history = self.history
+        recent = (float(np.mean(history.recent_returns)) if history.recent_returns
+                  else float("nan"))
+        message = self.message
+        if self.state == "running" and not self.ready:
+            missing = sum(a is None for a in self.slots.addresses())
+            message = f"waiting for {missing} parameter-server shard(s) to join"
+        return JobStatus(
+            job_id=self.job_id, state=self.state, message=message,
+            global_steps=self.global_steps, train_steps=self.config.train_steps,
+            updates=self.updates, version=self.shard0.version, episodes=history.episodes,
+            recent_return=recent, steps_per_sec=self._steps_per_sec,
+            wall_seconds=time.monotonic() - self._start,
+            train_seconds=self._train_seconds(),
+            evaluations=list(history.evaluations), checkpoints=list(self._checkpoints),
+            stats=dict(self._stats), recent_returns=list(history.recent_returns),
+            resumed_from_steps=self.resumed_from_steps, algorithm=self.config.algorithm)
 
 
 def _no_remote_shards(address: str) -> Any:
