@@ -8,6 +8,7 @@ import queue
 import shutil
 import tempfile
 import threading
+import time
 import types
 
 import grpc
@@ -33,6 +34,7 @@ from drlbox.rpc import serde
 from drlbox.rpc.generated import parameter_server_pb2 as pb
 from drlbox.rpc.generated import parameter_server_pb2_grpc as pb_grpc
 from drlbox.rpc.parameter_client import ParameterClient, ShardPeer
+from drlbox.rpc.job_control import add_job_control
 from drlbox.rpc.parameter_server import add_parameter_server
 from drlbox.rpc.server import PROTOCOL_KEY, make_channel, make_server
 from drlbox.rpc.sessions import EXCHANGE_METHOD
@@ -74,7 +76,8 @@ def start(algorithm="a3c", shards=1, resume_file=None, **kwargs):
     host.step()
     ps = host.current()
     job = Job(ps.job_id, ps.config)
-    server, port = make_server(0, [add_parameter_server(host)], max_workers=32)
+    server, port = make_server(0, [add_parameter_server(host), add_job_control(host)],
+                               max_workers=32)
     address = f"127.0.0.1:{port}"
     stop_shards = threading.Event()
     threads = [threading.Thread(target=serve_shards, args=(address, "127.0.0.1", 0),
@@ -85,7 +88,8 @@ def start(algorithm="a3c", shards=1, resume_file=None, **kwargs):
     client = ParameterClient(address, job.job_id, timeout=TIMEOUT)
     return types.SimpleNamespace(cfg=cfg, model=model, job=job, ps=ps, server=server,
                                  port=port, address=address, client=client, initial=initial,
-                                 stop_shards=stop_shards, threads=threads, data_dir=data_dir)
+                                 stop_shards=stop_shards, threads=threads, data_dir=data_dir,
+                                 host=host)
 
 
 def stop(setup):
@@ -574,6 +578,27 @@ def test_stop_over_grpc(a3c):
     assert status.state == "stopped" and status.message == "test says stop"
     result, update = a3c.client.push_and_pull(None, 0, WorkerReport(env_steps=1), -1)
     assert result.stop and update is None
+
+
+@pytest.mark.timeout(120)
+def test_a_local_role_whose_job_ended_before_it_joined_leaves(a3c):
+    """A local run's evaluator (one job) that starts too late to join its job must not poll
+    for ever: the launcher waits for it before it ends the run."""
+    import signal
+
+    from drlbox.launch.entrypoints import Endpoint, run_evaluator
+    from drlbox.rpc.security import Security
+
+    a3c.client.stop("over before the evaluator joined")
+    a3c.host.step()
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    started = time.monotonic()
+    try:
+        run_evaluator(Endpoint("127.0.0.1", 0, Security(), a3c.address), one_job=True)
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    assert time.monotonic() - started < 30
 
 
 def test_pushes_in_flight_at_a_graceful_stop_count_and_reach_the_final_model(tmp_path):

@@ -123,6 +123,21 @@ def _job_ended(endpoint: Endpoint, job_id: str) -> bool:
         jobs.close()
 
 
+def _every_job_over(endpoint: Endpoint) -> bool:
+    """Whether the parameter server has jobs and all of them are over (a local run's one job
+    ended before this role could join it)."""
+    from drlbox.rpc.job_control import JobControlClient
+
+    jobs = JobControlClient(endpoint.ps_address, endpoint.security)
+    try:
+        states = [s.state for s in jobs.list(timeout=10.0)]
+    except grpc.RpcError:
+        return False
+    finally:
+        jobs.close()
+    return bool(states) and not any(s in ("queued", "running") for s in states)
+
+
 def _new_job(params: Any, joins_as: str, finished: set[str]) -> Any:
     """The running job, joined as `joins_as`, unless this role finished it; None when there is
     none to work on. Polling asks only what runs: the job itself is fetched once per job."""
@@ -159,6 +174,8 @@ def _idle_loop(role: str, joins_as: str, endpoint: Endpoint,
         wait = FIRST_POLL_SECONDS
         while not (one_job and finished):
             job = _new_job(params, joins_as, finished)
+            if job is None and one_job and _every_job_over(endpoint):
+                return          # its job ended before it could join: nothing left to do
             if job is None:
                 # Soon at first (a job is often being built as a role starts), then at ease.
                 time.sleep(wait)
