@@ -109,33 +109,32 @@ def _exit_now(signum: int, frame: Any) -> None:
     raise SystemExit(0)
 
 
-def _job_ended(endpoint: Endpoint, job_id: str) -> bool:
-    """Whether job control says job_id is over (False when it cannot tell, e.g. while the
-    parameter server restarts: the job may resume)."""
+def _ask_job_control(endpoint: Endpoint, call: Callable[[Any], Any]) -> Any:
+    """`call(job control client)`'s answer, or None when the parameter server cannot answer
+    (e.g. while it restarts)."""
     from drlbox.rpc.job_control import JobControlClient
 
     jobs = JobControlClient(endpoint.ps_address, endpoint.security)
     try:
-        return jobs.status(job_id, timeout=10.0).state not in ("queued", "running")
+        return call(jobs)
     except grpc.RpcError:
-        return False
+        return None
     finally:
         jobs.close()
+
+
+def _job_ended(endpoint: Endpoint, job_id: str) -> bool:
+    """Whether job control says job_id is over (False when it cannot tell: the job may
+    resume)."""
+    status = _ask_job_control(endpoint, lambda jobs: jobs.status(job_id, timeout=10.0))
+    return status is not None and status.finished
 
 
 def _every_job_over(endpoint: Endpoint) -> bool:
     """Whether the parameter server has jobs and all of them are over (a local run's one job
     ended before this role could join it)."""
-    from drlbox.rpc.job_control import JobControlClient
-
-    jobs = JobControlClient(endpoint.ps_address, endpoint.security)
-    try:
-        states = [s.state for s in jobs.list(timeout=10.0)]
-    except grpc.RpcError:
-        return False
-    finally:
-        jobs.close()
-    return bool(states) and not any(s in ("queued", "running") for s in states)
+    statuses = _ask_job_control(endpoint, lambda jobs: jobs.list(timeout=10.0))
+    return bool(statuses) and all(s.finished for s in statuses)
 
 
 def _new_job(params: Any, joins_as: str, finished: set[str]) -> Any:

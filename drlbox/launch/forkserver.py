@@ -6,9 +6,10 @@ first env step. The fork server pays it once: it imports what the roles need (an
 starts a thread or initialises the TensorFlow runtime, so forking it is safe), then forks a child
 per role on request. Children share the imported pages copy-on-write.
 
-The launcher talks to it over two pipes: requests on its stdin (a JSON line each), replies on `reply_fd` ("started NAME PID" / "exited PID CODE" lines). The server
-ignores SIGINT and SIGTERM (the launcher decides how a run stops) and ends when its stdin
-closes, terminating any child still running.
+The launcher talks to it over two pipes: requests on its stdin (a JSON line each), replies on
+`reply_fd` ("started NAME PID" / "exited PID CODE" lines). The server ignores SIGINT and
+SIGTERM (the launcher decides how a run stops) and ends when its stdin closes, terminating any
+child still running.
 """
 from __future__ import annotations
 

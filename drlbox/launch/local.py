@@ -301,7 +301,7 @@ class LocalRun:
                     raise load_start_error(self._error_file) or RuntimeError(status.message)
                 if status.state != "queued":
                     progress.update(status)
-                if status.state not in ("queued", "running"):
+                if status.finished:
                     break
                 if self._interrupted:
                     with contextlib.suppress(grpc.RpcError):   # it may be ending already

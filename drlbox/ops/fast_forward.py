@@ -376,8 +376,8 @@ def make_predict_fn(model: Any, prefer: str = "auto") -> PredictFn:
     """Fastest exact inference callable for ``model``: NumPy plan or tf.function.
 
     ``prefer='auto'``: NumPy for conv-free models once it reproduces the model on a dummy
-    batch, else benchmark both once at batch 1 (after the same check). ``'numpy'`` raises ValueError if the model cannot be compiled;
-    ``'tf'`` always uses tf.function.
+    batch, else benchmark both once at batch 1 (after the same check). ``'numpy'`` raises
+    ValueError if the model cannot be compiled; ``'tf'`` always uses tf.function.
     """
     if prefer not in ("auto", "numpy", "tf"):
         raise ValueError(f"prefer must be 'auto', 'numpy' or 'tf', got {prefer!r}")

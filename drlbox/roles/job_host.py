@@ -38,7 +38,8 @@ class UnknownJob(KeyError):
 
 
 class JobHost:
-    """The job table and queue of a cluster's parameter server; thread-safe.
+    """The job table and queue of a parameter server (a cluster's, or a local run's with its
+    one job); thread-safe.
 
     `build_server(job, resume_file)` makes the job's `ParameterServer` (TensorFlow work);
     `on_start_error(err)`, when given, is told why a job could not start (else it is logged).

@@ -10,9 +10,9 @@ A job's resume state has two parts:
   back with the position: a restart keeps it as of the last checkpoint or evaluation,
   whichever came later (a kill loses only the episodes finished since).
 
-Each checkpoint writes both to the resume file (e.g. `resume.npz`, replaced atomically). An
-evaluation (rare, and lost for good if not written at once) writes the history alone to a
-file beside it (`resume.history.json`), which the next checkpoint makes redundant and
+Each checkpoint writes both to the resume file (`.resume-<job_id>.npz`, replaced atomically).
+An evaluation (rare, and lost for good if not written at once) writes the history alone to a
+file beside it (`.resume-<job_id>.history.json`), which the next checkpoint makes redundant and
 removes; a restore takes whichever of the two histories is newer (the larger: history only
 grows).
 
@@ -154,12 +154,14 @@ class ResumeJournal:
 
     def remove(self) -> None:
         """Delete the resume files: the job is over, nothing is left to resume."""
-        for path in (self.position_path, self.history_path):
-            if os.path.exists(path):
-                os.remove(path)
+        _remove_if_there(self.position_path, self.history_path)
 
     def remove_partial_writes(self) -> None:
         """Delete what a save interrupted by a crash left behind."""
-        for path in (self._position_tmp, self._history_tmp):
-            if os.path.exists(path):
-                os.remove(path)
+        _remove_if_there(self._position_tmp, self._history_tmp)
+
+
+def _remove_if_there(*paths: str) -> None:
+    for path in paths:
+        if os.path.exists(path):
+            os.remove(path)
